@@ -1,0 +1,27 @@
+"""tornado_websocket: RFC 6455 WebSocket (with RFC 7692 permessage-deflate) for Tornado.
+
+A drop-in replacement for :mod:`tornado.websocket`: change the import and
+keep the handler. See README.md and docs/.
+"""
+
+from tornado_websocket.errors import (
+    ProtocolError,
+    WebSocketClosedError,
+    WebSocketError,
+    WebSocketHandshakeError,
+)
+from tornado_websocket.frames import CloseCode, Opcode
+from tornado_websocket.handler import WebSocketHandler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CloseCode",
+    "Opcode",
+    "ProtocolError",
+    "WebSocketClosedError",
+    "WebSocketError",
+    "WebSocketHandler",
+    "WebSocketHandshakeError",
+    "__version__",
+]

@@ -1,0 +1,420 @@
+"""Drives one WebSocket connection over a Tornado ``IOStream``.
+
+:class:`WebSocketConnection` reads the stream in large chunks, feeds the
+Sans-I/O :class:`~tornado_websocket.protocol.Protocol`, dispatches the events
+to its owner (the server handler or the client) in order, and writes the
+frames produced while handling one chunk in a single ``write``. It owns the
+close handshake, its timeouts and the keepalive pings. Server and client
+share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import Any, Awaitable, Optional, Union
+
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.log import app_log, gen_log
+
+from tornado_websocket.errors import WebSocketClosedError
+from tornado_websocket.frames import CloseCode
+from tornado_websocket.protocol import (
+    CloseReceived,
+    Message,
+    Ping,
+    Pong,
+    Protocol,
+    ProtocolViolation,
+)
+
+try:
+    from typing import Protocol as _TypingProtocol
+except ImportError:  # pragma: no cover
+    from typing_extensions import Protocol as _TypingProtocol  # type: ignore
+
+READ_CHUNK_SIZE = 256 * 1024
+DEFAULT_CLOSE_TIMEOUT = 5.0
+
+
+class ConnectionOwner(_TypingProtocol):
+    """What a :class:`WebSocketConnection` reports to (the handler or the client)."""
+
+    def _on_ws_message(self, message: Union[str, bytes]) -> Optional[Awaitable[Any]]:
+        """A message arrived; an awaitable result pauses reading until it is done."""
+
+    def _on_ws_ping(self, payload: bytes) -> None:
+        """A ping arrived (the pong is already queued)."""
+
+    def _on_ws_pong(self, payload: bytes) -> None:
+        """A pong arrived."""
+
+    def _on_ws_closed(self) -> None:
+        """The connection is gone; called exactly once."""
+
+
+def _silence(future: asyncio.Future[Any]) -> None:
+    """Mark a failed future's exception as retrieved so asyncio does not log it."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _closed_future() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(WebSocketClosedError("the connection is closed"))
+    _silence(future)
+    return future
+
+
+class WebSocketConnection:
+    """One open WebSocket over ``stream``; see the module docstring.
+
+    ``ping_interval`` (seconds, ``None`` or 0 for none) sends keepalive pings;
+    when ``ping_timeout`` is positive a pong must follow each within that
+    time or the connection is dropped. ``close_timeout`` bounds how long a
+    close handshake may take before TCP is dropped.
+    """
+
+    __slots__ = (
+        "stream",
+        "protocol",
+        "owner",
+        "ping_interval",
+        "ping_timeout",
+        "close_timeout",
+        "close_code",
+        "close_reason",
+        "_loop",
+        "_reader",
+        "_batch",
+        "_batch_future",
+        "_closed",
+        "_close_timer",
+        "_ping_timer",
+        "_pings",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        stream: IOStream,
+        protocol: Protocol,
+        owner: ConnectionOwner,
+        *,
+        ping_interval: Optional[float] = None,
+        ping_timeout: Optional[float] = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.owner = owner
+        self.ping_interval = ping_interval or 0.0
+        self.ping_timeout = ping_timeout or 0.0
+        self.close_timeout = close_timeout
+        #: The code and reason of the peer's Close frame (``None`` until one arrives).
+        self.close_code: Optional[int] = None
+        self.close_reason: Optional[str] = None
+        self._loop = IOLoop.current()
+        self._reader: Optional[asyncio.Future[None]] = None
+        self._batch: Optional[list[bytes]] = None
+        self._batch_future: Optional[asyncio.Future[None]] = None
+        self._closed = False
+        self._close_timer: Optional[object] = None
+        self._ping_timer: Optional[object] = None
+        # Pings we sent and wait a pong for: (payload, future, time sent).
+        self._pings: collections.deque[tuple[bytes, asyncio.Future[float], float]] = (
+            collections.deque()
+        )
+        stream.read_chunk_size = max(stream.read_chunk_size, READ_CHUNK_SIZE)
+        stream.set_close_callback(self._on_stream_closed)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start reading and, if configured, keepalive pings."""
+        self._reader = asyncio.ensure_future(self._read_loop())
+        if self.ping_interval > 0:
+            self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
+
+    @property
+    def closed(self) -> bool:
+        """True once the TCP connection is gone."""
+        return self._closed
+
+    @property
+    def is_closing(self) -> bool:
+        """True once either side started the close handshake or TCP is gone."""
+        p = self.protocol
+        return self._closed or p.close_sent or p.close_received
+
+    async def _read_loop(self) -> None:
+        stream = self.stream
+        protocol = self.protocol
+        owner = self.owner
+        try:
+            while True:
+                data = await stream.read_bytes(READ_CHUNK_SIZE, partial=True)
+                events = protocol.feed(data)
+                if not events:
+                    continue
+                self._batch = []
+                try:
+                    for event in events:
+                        cls = type(event)
+                        if cls is Message:
+                            try:
+                                result = owner._on_ws_message(event.data)  # type: ignore[union-attr]
+                                if result is not None:
+                                    # Writes made while user code awaits go out at once.
+                                    if self._batch:
+                                        self._flush_batch()
+                                    self._batch = None
+                                    try:
+                                        await result
+                                    finally:
+                                        self._batch = []
+                            except Exception:
+                                self._user_error("on_message")
+                        elif cls is Ping:
+                            payload = event.payload  # type: ignore[union-attr]
+                            if not protocol.close_sent:
+                                self._write(protocol.encode_pong(payload))
+                            try:
+                                owner._on_ws_ping(payload)
+                            except Exception:
+                                self._user_error("on_ping")
+                        elif cls is Pong:
+                            self._on_pong(event.payload)  # type: ignore[union-attr]
+                        elif cls is CloseReceived:
+                            self._on_close_received(event)  # type: ignore[arg-type]
+                        else:
+                            assert isinstance(event, ProtocolViolation)
+                            self._on_violation(event)
+                finally:
+                    if self._batch:
+                        self._flush_batch()
+                    self._batch = None
+        except StreamClosedError:
+            pass
+        except Exception:  # pragma: no cover - a bug of ours, not of the peer
+            app_log.error("Unexpected error in WebSocket read loop", exc_info=True)
+            self.abort()
+        finally:
+            self._teardown()
+
+    def _user_error(self, where: str) -> None:
+        """Log an exception raised by user code and close with 1011."""
+        app_log.error("Uncaught exception in WebSocket %s", where, exc_info=True)
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _on_close_received(self, event: CloseReceived) -> None:
+        self.close_code = event.code
+        self.close_reason = event.reason
+        if not self.protocol.close_sent:
+            self._write(self.protocol.encode_close(event.code, ""))
+        self._finish_close_handshake()
+
+    def _on_violation(self, event: ProtocolViolation) -> None:
+        gen_log.info("WebSocket peer broke the protocol: %s (closing with %d)", event.reason, event.code)
+        if not self.protocol.close_sent:
+            self._write(self.protocol.encode_close(event.code, event.reason[:123]))
+        self._drop_after_flush()
+
+    def _finish_close_handshake(self) -> None:
+        """Both Close frames are out: the server drops TCP, the client waits for it to."""
+        if self.protocol.is_client:
+            self._start_close_timer()
+        else:
+            self._drop_after_flush()
+
+    def _drop_after_flush(self) -> None:
+        """Send what is queued, then half-close TCP and wait (bounded) for the peer's FIN."""
+        future = self._flush_batch() if self._batch else self._send(b"")
+        future.add_done_callback(lambda _: self._shutdown_write())
+        self._start_close_timer()
+
+    def _shutdown_write(self) -> None:
+        if self._closed:
+            return
+        sock = self.stream.socket
+        if sock is None or isinstance(self.stream, SSLIOStream):
+            self.abort()
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.abort()
+
+    def _start_close_timer(self) -> None:
+        if self._close_timer is None and not self._closed:
+            self._close_timer = self._loop.call_later(self.close_timeout, self.abort)
+
+    def close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start (or complete) the close handshake; a no-op if we already sent a close.
+
+        Raises ``ValueError`` for a code that may not be sent or a reason over
+        123 UTF-8 bytes.
+        """
+        if self._closed or self.protocol.close_sent:
+            return
+        frame = self.protocol.encode_close(code, reason)
+        self._write(frame)
+        if self.protocol.close_received:
+            self._finish_close_handshake()
+        else:
+            self._start_close_timer()
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a close handshake."""
+        self.stream.close()
+
+    def _on_stream_closed(self) -> None:
+        self._teardown()
+
+    def _teardown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = self._loop
+        if self._close_timer is not None:
+            loop.remove_timeout(self._close_timer)
+            self._close_timer = None
+        if self._ping_timer is not None:
+            loop.remove_timeout(self._ping_timer)
+            self._ping_timer = None
+        while self._pings:
+            _, future, _ = self._pings.popleft()
+            if not future.done():
+                future.set_exception(WebSocketClosedError("the connection closed before the pong"))
+                _silence(future)
+        if not self.stream.closed():
+            self.stream.close()
+        try:
+            self.owner._on_ws_closed()
+        except Exception:
+            app_log.error("Uncaught exception in WebSocket on_close", exc_info=True)
+
+    # -- writing -----------------------------------------------------------
+
+    def _write(self, frame: bytes) -> asyncio.Future[None]:
+        """Queue ``frame`` in the current batch, or send it now outside one."""
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)
+            future = self._batch_future
+            if future is None:
+                future = self._batch_future = asyncio.get_running_loop().create_future()
+            return future
+        return self._send(frame)
+
+    def _flush_batch(self) -> asyncio.Future[None]:
+        """Write the frames queued while handling a chunk in one ``write``."""
+        batch = self._batch
+        assert batch
+        self._batch = None
+        future = self._batch_future
+        self._batch_future = None
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        sent = self._send(data)
+        if future is None:
+            return sent
+        _chain(sent, future)
+        return future
+
+    def _send(self, data: bytes) -> asyncio.Future[None]:
+        """Write to the stream; the future fails with WebSocketClosedError if TCP is gone."""
+        try:
+            written = self.stream.write(data)
+        except StreamClosedError:
+            return _closed_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _chain(written, future)
+        return future
+
+    def write_message(self, message: Union[str, bytes], binary: bool = False) -> asyncio.Future[None]:
+        """Send one message; the future completes when it is handed to the socket.
+
+        Raises :class:`WebSocketClosedError` once closing.
+        """
+        if self._closed:
+            raise WebSocketClosedError("the connection is closed")
+        return self._write(self.protocol.encode_message(message, binary))
+
+    def write_frame_bytes(self, frame: bytes) -> asyncio.Future[None]:
+        """Send an already encoded data frame (see :mod:`tornado_websocket.broadcast`).
+
+        Raises :class:`WebSocketClosedError` once closing.
+        """
+        if self._closed or self.protocol.close_sent:
+            raise WebSocketClosedError("the connection is closed")
+        return self._write(frame)
+
+    def ping(self, data: bytes = b"") -> asyncio.Future[float]:
+        """Send a ping; the future gives the round-trip time in seconds when the pong arrives.
+
+        Raises ``ValueError`` over 125 bytes and :class:`WebSocketClosedError`
+        once closing.
+        """
+        if self._closed:
+            raise WebSocketClosedError("the connection is closed")
+        frame = self.protocol.encode_ping(data)
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings.append((bytes(data), future, self._loop.time()))
+        self._write(frame)
+        return future
+
+    def _on_pong(self, payload: bytes) -> None:
+        pings = self._pings
+        if any(p == payload for p, _, _ in pings):
+            now = self._loop.time()
+            # A pong acknowledges the ping it matches and every earlier one.
+            while pings:
+                sent_payload, future, sent_at = pings.popleft()
+                if not future.done():
+                    future.set_result(now - sent_at)
+                if sent_payload == payload:
+                    break
+        try:
+            self.owner._on_ws_pong(payload)
+        except Exception:
+            self._user_error("on_pong")
+
+    def _keepalive(self) -> None:
+        """Send a keepalive ping; with a ping timeout, drop the peer if no pong follows."""
+        self._ping_timer = None
+        if self.is_closing:
+            return
+        future = self.ping(b"")
+        if self.ping_timeout > 0:
+            timer = self._loop.call_later(self.ping_timeout, self._ping_timed_out, future)
+            future.add_done_callback(lambda _: self._loop.remove_timeout(timer))
+        self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
+
+    def _ping_timed_out(self, future: asyncio.Future[float]) -> None:
+        if future.done() or self._closed:
+            return
+        gen_log.info("WebSocket peer did not answer a ping within %.1f s; dropping it", self.ping_timeout)
+        if not self.protocol.close_sent:
+            self._write(self.protocol.encode_close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
+        self.abort()
+
+    def set_nodelay(self, value: bool) -> None:
+        """Set TCP_NODELAY on the socket (see ``IOStream.set_nodelay``)."""
+        self.stream.set_nodelay(value)
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[None]) -> None:
+    """Complete ``target`` when ``source`` does; a stream error becomes WebSocketClosedError."""
+
+    def copy(f: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if f.cancelled() or f.exception() is not None:
+            target.set_exception(WebSocketClosedError("the connection closed before the write"))
+            _silence(target)
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(copy)

@@ -1,0 +1,68 @@
+"""Exceptions raised by tornado_websocket.
+
+The names match :mod:`tornado.websocket` so that ``except`` clauses written
+for Tornado keep working after the import is switched.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from tornado.httputil import HTTPHeaders
+
+
+class WebSocketError(Exception):
+    """Base class for every error this package raises."""
+
+
+class WebSocketClosedError(WebSocketError):
+    """Raised by an operation on a closed connection (write, ping, read)."""
+
+
+class ProtocolError(WebSocketError):
+    """The peer broke RFC 6455 or RFC 7692; ``code`` is the close code to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class HandshakeError(WebSocketError):
+    """An opening handshake request is invalid (server side).
+
+    ``status`` is the HTTP status to answer with, ``reason`` a one-line,
+    plain-text explanation naming the header at fault, and ``headers``
+    extra response headers (for example ``Sec-WebSocket-Version`` on 426).
+    """
+
+    def __init__(
+        self, status: int, reason: str, headers: Optional[dict[str, str]] = None
+    ) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+class WebSocketHandshakeError(WebSocketError):
+    """The server refused or botched the opening handshake (client side).
+
+    ``code`` is the HTTP status the server answered with (``599`` when the
+    connection failed or timed out before a response arrived), ``headers``
+    and ``body`` what it sent, so callers can tell 403 from 404 from a
+    timeout.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: int = 599,
+        headers: Optional[HTTPHeaders] = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.headers = headers if headers is not None else HTTPHeaders()
+        self.body = body

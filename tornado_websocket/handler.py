@@ -1,0 +1,382 @@
+"""``WebSocketHandler``: a ``tornado.web.RequestHandler`` that upgrades to WebSocket.
+
+``get()`` validates the upgrade request (after ``prepare()``, so
+authentication and ``@tornado.web.authenticated`` can refuse it), answers
+``101``, detaches the IOStream and hands it to a
+:class:`~tornado_websocket.connection.WebSocketConnection`. The methods are
+those of :class:`tornado.websocket.WebSocketHandler`, plus the pull API
+(``await receive_message()``, ``async for``) and the seed API
+(``receive_message(callback)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import urllib.parse
+from typing import Any, Awaitable, Callable, Optional, Union
+
+import tornado.web
+from tornado.escape import json_encode, utf8
+from tornado.httputil import HTTPServerRequest
+from tornado.iostream import IOStream
+from tornado.log import app_log, gen_log
+
+from tornado_websocket import deflate, handshake
+from tornado_websocket.connection import WebSocketConnection
+from tornado_websocket.errors import HandshakeError, WebSocketClosedError
+from tornado_websocket.frames import CloseCode
+from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol
+
+MessageCallback = Callable[[Union[str, bytes]], Optional[Awaitable[Any]]]
+
+
+def _not_supported(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("Method not supported for Web Sockets")
+
+
+class WebSocketHandler(tornado.web.RequestHandler):
+    """Subclass this and map it to a URL to serve WebSocket connections.
+
+    Receive messages in one of three ways: override :meth:`on_message`
+    (push), call ``self.receive_message(callback)`` (every later message
+    goes to ``callback``), or pull with ``await self.receive_message()`` /
+    ``async for message in self``. Send with :meth:`write_message`.
+    """
+
+    #: How many received messages wait for a pull consumer before reading pauses.
+    max_queued_messages = 32
+
+    def __init__(
+        self, application: tornado.web.Application, request: HTTPServerRequest, **kwargs: Any
+    ) -> None:
+        super().__init__(application, request, **kwargs)
+        self.ws_connection: Optional[WebSocketConnection] = None
+        self.close_code: Optional[int] = None
+        self.close_reason: Optional[str] = None
+        self.open_args: tuple[Any, ...] = ()
+        self.open_kwargs: dict[str, Any] = {}
+        self._connection: Optional[WebSocketConnection] = None
+        self._selected_subprotocol: Optional[str] = None
+        self._on_close_called = False
+        self._message_callback: Optional[MessageCallback] = None
+        self._inbox: collections.deque[Union[str, bytes]] = collections.deque()
+        self._inbox_waiters: collections.deque[asyncio.Future[Optional[Union[str, bytes]]]] = (
+            collections.deque()
+        )
+        self._inbox_space: Optional[asyncio.Future[None]] = None
+
+    # -- the opening handshake ---------------------------------------------
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Validate the upgrade request, answer 101 and start the connection."""
+        self.open_args = args
+        self.open_kwargs = kwargs
+        request = self.request
+        try:
+            key = handshake.validate_request(request.method or "", request.version, request.headers)
+        except HandshakeError as exc:
+            self._refuse(exc.status, exc.reason, exc.headers)
+            return
+        origin_error = self._origin_error()
+        if origin_error is not None:
+            self._refuse(403, f"Cross origin websockets not allowed: {origin_error}")
+            return
+
+        subprotocols = handshake.parse_token_list(request.headers, "Sec-WebSocket-Protocol")
+        selected = self.select_subprotocol(subprotocols)
+        if selected is not None and selected not in subprotocols:
+            raise ValueError(f"select_subprotocol returned {selected!r}, which was not offered")
+        self._selected_subprotocol = selected
+
+        extension_header: Optional[str] = None
+        compressor: Optional[deflate.PerMessageDeflate] = None
+        options = self.get_compression_options()
+        if options is not None:
+            try:
+                offers = handshake.parse_extension_list(request.headers)
+            except ValueError as exc:
+                self._refuse(400, f"malformed Sec-WebSocket-Extensions header: {exc}")
+                return
+            accepted = deflate.negotiate_server(offers, options)
+            if accepted is not None:
+                extension_header, compressor = accepted
+
+        self.set_status(101)
+        for name, value in handshake.response_headers(key, selected, extension_header).items():
+            self.set_header(name, value)
+        self.clear_header("Content-Type")
+        self.finish()
+        stream = self._detach_stream()
+
+        protocol = Protocol(False, self.max_message_size, compressor)
+        interval = self.ping_interval or 0.0
+        timeout = self.ping_timeout
+        connection = WebSocketConnection(
+            stream,
+            protocol,
+            self,
+            ping_interval=interval,
+            ping_timeout=interval if timeout is None else timeout,
+        )
+        self._connection = self.ws_connection = connection
+        stream.set_nodelay(True)
+        try:
+            result = self.open(*args, **kwargs)
+            if result is not None:
+                await result
+        except Exception:
+            app_log.error("Uncaught exception in WebSocket open", exc_info=True)
+            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        connection.start()
+
+    def _refuse(self, status: int, reason: str, headers: Optional[dict[str, str]] = None) -> None:
+        gen_log.debug("Refused WebSocket upgrade with %d: %s", status, reason)
+        self.set_status(status)
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(reason + "\n")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors before the upgrade are answered in plain text, as handshake refusals are."""
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        if status_code == 405:
+            self.set_header("Allow", "GET")
+        self.finish(f"{status_code}: {self._reason}\n")
+
+    def _origin_error(self) -> Optional[str]:
+        """Apply the same-origin policy; return why the request is refused, or None."""
+        headers = self.request.headers
+        origin = headers.get("Origin") or headers.get("Sec-WebSocket-Origin")
+        fetch_site = headers.get("Sec-Fetch-Site")
+        if fetch_site in ("same-origin", "none"):
+            return None
+        if fetch_site is None:
+            if origin is None:
+                return None  # not a browser
+            netloc = urllib.parse.urlsplit(origin).netloc.lower()
+            if netloc == headers.get("Host", "").lower() or self.check_origin(origin):
+                return None
+            return f"Origin {origin!r} not allowed"
+        if origin and self.check_origin(origin):
+            return None
+        return f"Sec-Fetch-Site {fetch_site} and Origin {origin!r} not allowed"
+
+    def check_origin(self, origin: str) -> bool:
+        """Decide on a cross-origin request; by default only ``trusted_origins`` pass.
+
+        Called after ``prepare()`` and only for requests that look
+        cross-origin (an ``Origin`` that differs from ``Host``). Override to
+        allow more origins; see ``docs/security.md`` before returning True.
+        """
+        trusted: Any = self.settings.get("trusted_origins", [])
+        return origin in trusted
+
+    def select_subprotocol(self, subprotocols: list[str]) -> Optional[str]:
+        """Pick one of the offered subprotocols (or ``None`` for none). Default: none."""
+        return None
+
+    @property
+    def selected_subprotocol(self) -> Optional[str]:
+        """The subprotocol chosen by :meth:`select_subprotocol`."""
+        return self._selected_subprotocol
+
+    def get_compression_options(self) -> Optional[dict[str, Any]]:
+        """Return a dict (``{}`` for defaults) to offer permessage-deflate; ``None`` disables it.
+
+        Keys: see :class:`tornado_websocket.deflate.DeflateOptions`.
+        """
+        return None
+
+    @property
+    def ping_interval(self) -> Optional[float]:
+        """Seconds between keepalive pings (``websocket_ping_interval``; 0/None: off)."""
+        value: Optional[float] = self.settings.get("websocket_ping_interval", None)
+        return value
+
+    @property
+    def ping_timeout(self) -> Optional[float]:
+        """Seconds a pong may take (``websocket_ping_timeout``; default: the interval; 0: no timeout)."""
+        value: Optional[float] = self.settings.get("websocket_ping_timeout", None)
+        return value
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message accepted (``websocket_max_message_size``, default 10 MiB)."""
+        value: int = self.settings.get("websocket_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        return value
+
+    def _detach_stream(self) -> IOStream:
+        for method in ("write", "redirect", "set_header", "set_cookie", "set_status", "flush", "finish"):
+            setattr(self, method, _not_supported)
+        return self.detach()
+
+    def _break_cycles(self) -> None:
+        # finish() runs at the upgrade; keep the handler usable until the socket closes.
+        if self.get_status() != 101 or self._on_close_called:
+            super()._break_cycles()
+
+    # -- the user API --------------------------------------------------------
+
+    def open(self, *args: Any, **kwargs: Any) -> Optional[Awaitable[None]]:
+        """Called once the connection is open, with the URL's path arguments. May be a coroutine."""
+        return None
+
+    def on_message(self, message: Union[str, bytes]) -> Optional[Awaitable[None]]:
+        """Called for each message unless a callback was given to :meth:`receive_message`.
+
+        May be a coroutine: reading pauses until it finishes. The default
+        queues the message for ``await receive_message()`` / ``async for``.
+        """
+        waiters = self._inbox_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(message)
+                return None
+        self._inbox.append(message)
+        if len(self._inbox) >= self.max_queued_messages:
+            self._inbox_space = asyncio.get_running_loop().create_future()
+            return self._inbox_space
+        return None
+
+    def receive_message(
+        self, callback: Optional[MessageCallback] = None
+    ) -> Optional[asyncio.Future[Optional[Union[str, bytes]]]]:
+        """Receive messages: ``callback`` gets every later one; without it, await the next.
+
+        Without a callback, returns a future of the next message, ``None``
+        once the connection is closed and every queued message was taken.
+        """
+        inbox = self._inbox
+        if callback is not None:
+            self._message_callback = callback
+            while inbox:
+                callback(inbox.popleft())
+            self._release_inbox_space()
+            return None
+        future: asyncio.Future[Optional[Union[str, bytes]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if inbox:
+            future.set_result(inbox.popleft())
+            self._release_inbox_space()
+        elif self._connection is None or self._connection.closed:
+            future.set_result(None)
+        else:
+            self._inbox_waiters.append(future)
+        return future
+
+    def _release_inbox_space(self) -> None:
+        space = self._inbox_space
+        if space is not None and len(self._inbox) < self.max_queued_messages:
+            self._inbox_space = None
+            if not space.done():
+                space.set_result(None)
+
+    def __aiter__(self) -> WebSocketHandler:
+        return self
+
+    async def __anext__(self) -> Union[str, bytes]:
+        message = await self.receive_message()  # type: ignore[misc]
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    def write_message(
+        self, message: Union[str, bytes, dict[str, Any]], binary: bool = False
+    ) -> asyncio.Future[None]:
+        """Send a message: ``str`` as text, ``bytes`` as binary (or text unless ``binary``), dict as JSON.
+
+        Returns a future that completes when the frame is handed to the
+        socket. Raises :class:`WebSocketClosedError` once the connection is
+        closing or closed.
+        """
+        connection = self._connection
+        if connection is None or connection.is_closing:
+            raise WebSocketClosedError("the WebSocket is closed")
+        if isinstance(message, dict):
+            message = json_encode(message)
+        elif not isinstance(message, (str, bytes)):
+            raise TypeError(f"cannot send {type(message).__name__}; send str, bytes or dict")
+        return connection.write_message(message, binary)
+
+    send_message = write_message
+
+    def ping(self, data: Union[str, bytes] = b"") -> asyncio.Future[float]:
+        """Send a ping; the future gives the round-trip time in seconds when the pong arrives.
+
+        Raises ``ValueError`` over 125 bytes and :class:`WebSocketClosedError`
+        once closing.
+        """
+        connection = self._connection
+        if connection is None or connection.is_closing:
+            raise WebSocketClosedError("the WebSocket is closed")
+        return connection.ping(utf8(data))
+
+    def on_ping(self, data: bytes) -> None:
+        """Called when a ping arrives (the pong is sent for you)."""
+
+    def on_pong(self, data: bytes) -> None:
+        """Called when a pong arrives."""
+
+    def on_close(self) -> None:
+        """Called exactly once when the connection is gone, on every path.
+
+        ``close_code`` and ``close_reason`` hold what the peer's Close frame
+        said (``None`` if it sent none).
+        """
+
+    def close(self, code: Optional[int] = None, reason: Optional[str] = None) -> None:
+        """Start the close handshake (code 1000 by default); the socket closes when it completes.
+
+        Raises ``ValueError`` for a code that may not be sent or a reason over
+        123 UTF-8 bytes. A no-op on a closing connection.
+        """
+        connection = self._connection
+        if connection is not None:
+            connection.close(CloseCode.NORMAL_CLOSURE if code is None else code, reason or "")
+
+    def set_nodelay(self, value: bool) -> None:
+        """Set TCP_NODELAY (on by default here: frames are already coalesced per write)."""
+        assert self._connection is not None, "set_nodelay needs an open connection"
+        self._connection.set_nodelay(value)
+
+    # -- ConnectionOwner -------------------------------------------------------
+
+    def _on_ws_message(self, message: Union[str, bytes]) -> Optional[Awaitable[Any]]:
+        callback = self._message_callback
+        if callback is not None:
+            return callback(message)
+        return self.on_message(message)
+
+    def _on_ws_ping(self, payload: bytes) -> None:
+        self.on_ping(payload)
+
+    def _on_ws_pong(self, payload: bytes) -> None:
+        self.on_pong(payload)
+
+    def _on_ws_closed(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            self.close_code = connection.close_code
+            self.close_reason = connection.close_reason
+        self.ws_connection = None
+        while self._inbox_waiters:
+            waiter = self._inbox_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._inbox_space is not None and not self._inbox_space.done():
+            self._inbox_space.set_result(None)
+        if not self._on_close_called:
+            self._on_close_called = True
+            try:
+                self.on_close()
+            finally:
+                self._break_cycles()
+
+    def on_connection_close(self) -> None:
+        """The HTTP connection closed before the upgrade completed."""
+        if self._connection is None and not self._on_close_called:
+            super().on_connection_close()

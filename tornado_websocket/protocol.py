@@ -1,0 +1,428 @@
+"""The Sans-I/O WebSocket connection state machine (RFC 6455 sections 5-7).
+
+:class:`Protocol` takes the bytes that arrive (:meth:`Protocol.feed`) and
+returns events; it turns outgoing messages and control frames into bytes
+(:meth:`Protocol.encode_message` and friends). It never touches a socket and
+never answers a ping or a close by itself: the caller dispatches events in
+order and asks for the answer, so that replies written while handling a
+message leave before the close that followed it.
+
+Server and client share it; ``is_client`` decides who masks.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Callable, Optional, Union
+
+from tornado_websocket.deflate import DeflateError, PerMessageDeflate
+from tornado_websocket.errors import ProtocolError, WebSocketClosedError
+from tornado_websocket.frames import (
+    MAX_CONTROL_PAYLOAD,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    CloseCode,
+    apply_mask,
+    encode_close_payload,
+    encode_frame,
+    parse_close_payload,
+)
+
+DEFAULT_MAX_MESSAGE_SIZE = 10 * 1024 * 1024
+
+_new_utf8_decoder: Callable[[], codecs.IncrementalDecoder] = codecs.getincrementaldecoder(
+    "utf-8"
+)
+
+
+class Message:
+    """A complete data message: ``str`` for text, ``bytes`` for binary."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Union[str, bytes]) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Message({self.data!r})"
+
+
+class Ping:
+    """A ping arrived; answer it with :meth:`Protocol.encode_pong` of ``payload``."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class Pong:
+    """A pong arrived."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class CloseReceived:
+    """The peer sent a Close frame; ``code`` is ``None`` when it carried none.
+
+    Nothing after it is parsed. If no close was sent yet, answer with
+    :meth:`Protocol.encode_close`.
+    """
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: Optional[int], reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class ProtocolViolation:
+    """The peer broke the protocol: send a close with ``code`` and drop the connection.
+
+    Nothing after it is parsed.
+    """
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"ProtocolViolation({self.code}, {self.reason!r})"
+
+
+Event = Union[Message, Ping, Pong, CloseReceived, ProtocolViolation]
+
+
+class Protocol:
+    """One WebSocket connection's framing state, without I/O.
+
+    ``max_message_size`` bounds a message (after decompression); ``None``
+    means no limit. ``deflate`` is the negotiated permessage-deflate
+    extension, if any: it allows RSV1 on the first frame of a data message.
+    """
+
+    __slots__ = (
+        "is_client",
+        "max_message_size",
+        "deflate",
+        "close_sent",
+        "close_received",
+        "_stopped",
+        "_buf",
+        "_msg_opcode",
+        "_msg_compressed",
+        "_msg_wire_size",
+        "_msg_size",
+        "_msg_parts",
+        "_decoder",
+        "_frame_remaining",
+        "_frame_fin",
+        "_frame_mask",
+    )
+
+    def __init__(
+        self,
+        is_client: bool,
+        max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
+        deflate: Optional[PerMessageDeflate] = None,
+    ) -> None:
+        self.is_client = is_client
+        self.max_message_size = max_message_size
+        self.deflate = deflate
+        self.close_sent = False
+        self.close_received = False
+        self._stopped = False
+        self._buf = bytearray()
+        # The data message being assembled; _msg_opcode is None between messages.
+        self._msg_opcode: Optional[int] = None
+        self._msg_compressed = False
+        self._msg_wire_size = 0
+        self._msg_size = 0
+        self._msg_parts: list[Union[str, bytes]] = []
+        self._decoder: Optional[codecs.IncrementalDecoder] = None
+        # A data frame whose header was parsed but whose payload is still arriving.
+        self._frame_remaining = 0
+        self._frame_fin = False
+        self._frame_mask = b""
+
+    # -- receiving ---------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse every complete frame in what has arrived; return the events in order.
+
+        Data-frame payloads are consumed as they arrive, so invalid UTF-8 and
+        oversized messages are found before the rest of the message is
+        buffered. After a :class:`CloseReceived` or :class:`ProtocolViolation`
+        event, later input is ignored. Never raises for bad input.
+        """
+        events: list[Event] = []
+        if self._stopped or not data:
+            return events
+        buf: Union[bytes, bytearray]
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data
+        try:
+            pos = self._parse(buf, events)
+        except ProtocolError as exc:
+            self._stop()
+            events.append(ProtocolViolation(exc.code, exc.reason))
+            return events
+        if self._stopped:
+            self._buf = bytearray()
+        elif buf is data:
+            if pos < len(data):
+                self._buf = bytearray(data[pos:])
+        else:
+            del self._buf[:pos]
+        return events
+
+    def _stop(self) -> None:
+        self._stopped = True
+        self._buf = bytearray()
+        self._msg_parts = []
+        self._decoder = None
+
+    def _parse(self, buf: Union[bytes, bytearray], events: list[Event]) -> int:
+        """Consume frames from ``buf``; return how many bytes were used."""
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            if self._frame_remaining:
+                # Inside the payload of a data frame: take what is there.
+                take = min(end - pos, self._frame_remaining)
+                chunk = bytes(buf[pos : pos + take])
+                pos += take
+                self._frame_remaining -= take
+                mask = self._frame_mask
+                if mask:
+                    chunk = apply_mask(mask, chunk)
+                    shift = take % 4
+                    self._frame_mask = mask[shift:] + mask[:shift]
+                frame_done = not self._frame_remaining
+                self._message_data(chunk, frame_done and self._frame_fin, events)
+                continue
+
+            if end - pos < 2:
+                break
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                if end - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                start = pos + 4
+            else:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                if length >> 63:
+                    raise ProtocolError(
+                        CloseCode.PROTOCOL_ERROR, "64-bit frame length with the top bit set"
+                    )
+                start = pos + 10
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            self._check_header(b0, b1, opcode, length)
+            mask = b""
+            if b1 & 0x80:
+                if end - start < 4:
+                    break
+                mask = bytes(buf[start : start + 4])
+                start += 4
+            stop = start + length
+
+            if opcode >= 0x8:
+                if stop > end:
+                    break
+                payload = bytes(buf[start:stop])
+                if mask:
+                    payload = apply_mask(mask, payload)
+                pos = stop
+                if self._control_frame(opcode, payload, events):
+                    return pos
+                continue
+
+            if stop <= end and fin and opcode != OP_CONTINUATION and not b0 & 0x40:
+                # Fast path: a whole, uncompressed, unfragmented message.
+                payload = bytes(buf[start:stop])
+                if mask:
+                    payload = apply_mask(mask, payload)
+                pos = stop
+                if opcode == OP_TEXT:
+                    try:
+                        events.append(Message(payload.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        raise ProtocolError(
+                            CloseCode.INVALID_DATA, "text message is not valid UTF-8"
+                        ) from None
+                else:
+                    events.append(Message(payload))
+                continue
+
+            # A data frame to stream: start a message if this frame opens one.
+            if opcode != OP_CONTINUATION:
+                self._msg_opcode = opcode
+                self._msg_compressed = bool(b0 & 0x40)
+                self._msg_wire_size = 0
+                self._msg_size = 0
+                self._msg_parts = []
+                self._decoder = _new_utf8_decoder() if opcode == OP_TEXT else None
+            self._msg_wire_size += length
+            pos = start
+            self._frame_remaining = length
+            self._frame_fin = bool(fin)
+            self._frame_mask = mask
+            if length == 0:
+                self._message_data(b"", bool(fin), events)
+        return pos
+
+    def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
+        """Raise :class:`ProtocolError` for a frame header that may not be accepted."""
+        if bool(b1 & 0x80) == self.is_client:
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR,
+                "masked frame from the server" if self.is_client else "unmasked frame from the client",
+            )
+        if b0 & 0x70:
+            if b0 & 0x30 or self.deflate is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+            if opcode not in (OP_TEXT, OP_BINARY):
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation or control frame"
+                )
+        if opcode >= 0x8:
+            if opcode > OP_PONG:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            if not b0 & 0x80:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame payload over 125 bytes")
+            return
+        if opcode == OP_CONTINUATION:
+            if self._msg_opcode is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame with no message open")
+            total = self._msg_wire_size + length
+        elif opcode > OP_BINARY:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        elif self._msg_opcode is not None:
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message"
+            )
+        else:
+            total = length
+        limit = self.max_message_size
+        if limit is not None:
+            if self._msg_compressed if opcode == OP_CONTINUATION else b0 & 0x40:
+                # Compressed data can be slightly larger than what it encodes.
+                limit += limit // 1024 + 64
+            if total > limit:
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG, f"message over the {self.max_message_size}-byte limit"
+                )
+
+    def _message_data(self, chunk: bytes, message_done: bool, events: list[Event]) -> None:
+        """Add payload bytes to the message being assembled; emit it when done."""
+        if self._msg_compressed:
+            assert self.deflate is not None
+            room = None if self.max_message_size is None else self.max_message_size - self._msg_size
+            try:
+                chunk = self.deflate.decompress(chunk, message_done, room)
+            except DeflateError as exc:
+                code = CloseCode.INVALID_DATA if self._decoder else CloseCode.PROTOCOL_ERROR
+                raise ProtocolError(code, str(exc)) from None
+        self._msg_size += len(chunk)
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                self._msg_parts.append(decoder.decode(chunk, message_done))
+            except UnicodeDecodeError:
+                raise ProtocolError(
+                    CloseCode.INVALID_DATA, "text message is not valid UTF-8"
+                ) from None
+        else:
+            self._msg_parts.append(chunk)
+        if not message_done:
+            return
+        parts = self._msg_parts
+        if decoder is not None:
+            events.append(Message("".join(parts)))  # type: ignore[arg-type]
+        else:
+            events.append(Message(b"".join(parts)))  # type: ignore[arg-type]
+        self._msg_opcode = None
+        self._msg_parts = []
+        self._decoder = None
+
+    def _control_frame(self, opcode: int, payload: bytes, events: list[Event]) -> bool:
+        """Emit the event of a control frame; return True when parsing must stop."""
+        if opcode == OP_PING:
+            events.append(Ping(payload))
+        elif opcode == OP_PONG:
+            events.append(Pong(payload))
+        else:
+            code, reason = parse_close_payload(payload)
+            self.close_received = True
+            self._stop()
+            events.append(CloseReceived(code, reason))
+            return True
+        return False
+
+    # -- sending -----------------------------------------------------------
+
+    def encode_message(self, data: Union[str, bytes], binary: bool) -> bytes:
+        """Encode a data message as frame bytes (compressed when deflate is on).
+
+        ``str`` data is UTF-8 encoded. Raises :class:`WebSocketClosedError`
+        once a close was sent.
+        """
+        if self.close_sent:
+            raise WebSocketClosedError("the connection is closing")
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        opcode = OP_BINARY if binary else OP_TEXT
+        deflate = self.deflate
+        if deflate is not None:
+            compressed = deflate.compress(payload)
+            if compressed is not None:
+                return encode_frame(opcode, compressed, rsv1=True, masked=self.is_client)
+        return encode_frame(opcode, payload, masked=self.is_client)
+
+    def encode_ping(self, payload: bytes = b"") -> bytes:
+        """Encode a Ping; raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` after close."""
+        return self._encode_control(OP_PING, payload)
+
+    def encode_pong(self, payload: bytes = b"") -> bytes:
+        """Encode a Pong; raises like :meth:`encode_ping`."""
+        return self._encode_control(OP_PONG, payload)
+
+    def _encode_control(self, opcode: int, payload: bytes) -> bytes:
+        if self.close_sent:
+            raise WebSocketClosedError("the connection is closing")
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError(f"control frame payload is {len(payload)} bytes, more than 125")
+        return encode_frame(opcode, payload, masked=self.is_client)
+
+    def encode_close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
+        """Encode our Close frame and mark the close as sent.
+
+        Raises ``ValueError`` for a code that may not be sent or a reason
+        over 123 bytes, :class:`WebSocketClosedError` if a close was sent already.
+        """
+        if self.close_sent:
+            raise WebSocketClosedError("a close frame was sent already")
+        payload = encode_close_payload(code, reason)
+        self.close_sent = True
+        return encode_frame(OP_CLOSE, payload, masked=self.is_client)
