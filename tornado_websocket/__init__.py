@@ -4,11 +4,14 @@ A drop-in replacement for :mod:`tornado.websocket`: change the import and
 keep the handler. See README.md and docs/.
 """
 
+from tornado_websocket.client import WebSocketClientConnection, websocket_connect
 from tornado_websocket.errors import (
     ProtocolError,
     WebSocketClosedError,
+    WebSocketConnectError,
     WebSocketError,
     WebSocketHandshakeError,
+    WebSocketTimeoutError,
 )
 from tornado_websocket.frames import CloseCode, Opcode
 from tornado_websocket.handler import WebSocketHandler
@@ -19,9 +22,13 @@ __all__ = [
     "CloseCode",
     "Opcode",
     "ProtocolError",
+    "WebSocketClientConnection",
     "WebSocketClosedError",
+    "WebSocketConnectError",
     "WebSocketError",
     "WebSocketHandler",
     "WebSocketHandshakeError",
+    "WebSocketTimeoutError",
+    "websocket_connect",
     "__version__",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from tornado.httpclient import HTTPClientError
 from tornado.httputil import HTTPHeaders
 
 
@@ -45,13 +46,14 @@ class HandshakeError(WebSocketError):
         self.headers = headers or {}
 
 
-class WebSocketHandshakeError(WebSocketError):
-    """The server refused or botched the opening handshake (client side).
+class WebSocketHandshakeError(WebSocketError, HTTPClientError):
+    """The opening handshake failed (client side).
 
-    ``code`` is the HTTP status the server answered with (``599`` when the
-    connection failed or timed out before a response arrived), ``headers``
-    and ``body`` what it sent, so callers can tell 403 from 404 from a
-    timeout.
+    ``code`` is the HTTP status the server answered with, or 599 when no
+    answer arrived (refused, reset, timed out); ``headers`` and ``body``
+    are what the server sent, so callers can tell 403 from 404 from a
+    timeout. It is also a ``tornado.httpclient.HTTPClientError``, as
+    Tornado's ``websocket_connect`` raises.
     """
 
     def __init__(
@@ -61,8 +63,20 @@ class WebSocketHandshakeError(WebSocketError):
         headers: Optional[HTTPHeaders] = None,
         body: bytes = b"",
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+        HTTPClientError.__init__(self, code, message)
         self.headers = headers if headers is not None else HTTPHeaders()
         self.body = body
+
+    def __str__(self) -> str:
+        return f"WebSocket handshake failed ({self.code}): {self.message}"
+
+
+class WebSocketConnectError(WebSocketHandshakeError, OSError):
+    """No answer to the opening handshake: the TCP or TLS connection failed or timed out (code 599).
+
+    Also an ``OSError``, like the network errors Tornado's client raises.
+    """
+
+
+class WebSocketTimeoutError(WebSocketConnectError, TimeoutError):
+    """The connection or the handshake took longer than ``connect_timeout``."""

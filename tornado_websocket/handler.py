@@ -12,7 +12,6 @@ those of :class:`tornado.websocket.WebSocketHandler`, plus the pull API
 from __future__ import annotations
 
 import asyncio
-import collections
 import urllib.parse
 from typing import Any, Awaitable, Callable, Optional, Union
 
@@ -26,6 +25,7 @@ from tornado_websocket import deflate, handshake
 from tornado_websocket.connection import WebSocketConnection
 from tornado_websocket.errors import HandshakeError, WebSocketClosedError
 from tornado_websocket.frames import CloseCode
+from tornado_websocket.inbox import MessageInbox
 from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol
 
 MessageCallback = Callable[[Union[str, bytes]], Optional[Awaitable[Any]]]
@@ -60,11 +60,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
         self._selected_subprotocol: Optional[str] = None
         self._on_close_called = False
         self._message_callback: Optional[MessageCallback] = None
-        self._inbox: collections.deque[Union[str, bytes]] = collections.deque()
-        self._inbox_waiters: collections.deque[asyncio.Future[Optional[Union[str, bytes]]]] = (
-            collections.deque()
-        )
-        self._inbox_space: Optional[asyncio.Future[None]] = None
+        self._inbox = MessageInbox(self.max_queued_messages)
 
     # -- the opening handshake ---------------------------------------------
 
@@ -229,17 +225,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
         May be a coroutine: reading pauses until it finishes. The default
         queues the message for ``await receive_message()`` / ``async for``.
         """
-        waiters = self._inbox_waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(message)
-                return None
-        self._inbox.append(message)
-        if len(self._inbox) >= self.max_queued_messages:
-            self._inbox_space = asyncio.get_running_loop().create_future()
-            return self._inbox_space
-        return None
+        return self._inbox.put(message)
 
     def receive_message(
         self, callback: Optional[MessageCallback] = None
@@ -249,31 +235,12 @@ class WebSocketHandler(tornado.web.RequestHandler):
         Without a callback, returns a future of the next message, ``None``
         once the connection is closed and every queued message was taken.
         """
-        inbox = self._inbox
         if callback is not None:
             self._message_callback = callback
-            while inbox:
-                callback(inbox.popleft())
-            self._release_inbox_space()
+            for message in self._inbox.drain():
+                callback(message)
             return None
-        future: asyncio.Future[Optional[Union[str, bytes]]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        if inbox:
-            future.set_result(inbox.popleft())
-            self._release_inbox_space()
-        elif self._connection is None or self._connection.closed:
-            future.set_result(None)
-        else:
-            self._inbox_waiters.append(future)
-        return future
-
-    def _release_inbox_space(self) -> None:
-        space = self._inbox_space
-        if space is not None and len(self._inbox) < self.max_queued_messages:
-            self._inbox_space = None
-            if not space.done():
-                space.set_result(None)
+        return self._inbox.get()
 
     def __aiter__(self) -> WebSocketHandler:
         return self
@@ -363,12 +330,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
             self.close_code = connection.close_code
             self.close_reason = connection.close_reason
         self.ws_connection = None
-        while self._inbox_waiters:
-            waiter = self._inbox_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-        if self._inbox_space is not None and not self._inbox_space.done():
-            self._inbox_space.set_result(None)
+        self._inbox.close()
         if not self._on_close_called:
             self._on_close_called = True
             try:
