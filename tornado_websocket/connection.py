@@ -94,6 +94,7 @@ class WebSocketConnection:
         "_close_timer",
         "_ping_timer",
         "_pings",
+        "_direct_socket",
         "__weakref__",
     )
 
@@ -128,6 +129,10 @@ class WebSocketConnection:
             collections.deque()
         )
         stream.read_chunk_size = max(stream.read_chunk_size, READ_CHUNK_SIZE)
+        # TLS streams keep their own write path (an SSL socket may need to read to write).
+        self._direct_socket: Optional[socket.socket] = (
+            None if isinstance(stream, SSLIOStream) else stream.socket
+        )
         stream.set_close_callback(self._on_stream_closed)
 
     # -- lifecycle ---------------------------------------------------------
@@ -324,14 +329,32 @@ class WebSocketConnection:
         return future
 
     def _send(self, data: bytes) -> asyncio.Future[None]:
-        """Write to the stream; the future fails with WebSocketClosedError if TCP is gone."""
+        """Write to the socket; the future fails with WebSocketClosedError if TCP is gone.
+
+        When nothing is buffered in the IOStream, the bytes go straight to
+        the socket and only what the kernel does not take is handed to the
+        stream: most writes then cost one ``send()`` and no stream future.
+        """
+        stream = self.stream
+        sock = self._direct_socket
+        if sock is not None and data and not stream._write_buffer and not stream.closed():
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # would block, or an error the stream's own write finds and reports
+            if sent == len(data):
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                return done
+            if sent:
+                data = data[sent:]
         try:
-            written = self.stream.write(data)
+            written = stream.write(data)
         except StreamClosedError:
             return _closed_future()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        _chain(written, future)
-        return future
+        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _chain(written, result)
+        return result
 
     def write_message(self, message: Union[str, bytes], binary: bool = False) -> asyncio.Future[None]:
         """Send one message; the future completes when it is handed to the socket.

@@ -246,7 +246,9 @@ class WebSocketHandler(tornado.web.RequestHandler):
         return self
 
     async def __anext__(self) -> Union[str, bytes]:
-        message = await self.receive_message()  # type: ignore[misc]
+        future = self.receive_message()
+        assert future is not None
+        message = await future
         if message is None:
             raise StopAsyncIteration
         return message

@@ -52,7 +52,9 @@ def parse_token_list(headers: HTTPHeaders, name: str) -> list[str]:
 
 def _split_quoted(value: str, sep: str) -> list[str]:
     """Split on ``sep`` outside double-quoted strings."""
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for ch in value:
         if escaped:
             escaped = False

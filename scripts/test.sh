@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine, then run it:
+# lint (ruff), types (mypy --strict), and pytest (unit, wire, interop, browser).
+# Usage: bash scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# Debian packages for the real peers (a headless browser); root is needed to install them.
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "warning: missing ${need_apt[*]} (run as root to install); their tests will be skipped" >&2
+    fi
+fi
+
+# Node's ws package for the interop matrix, pinned by the committed lock file.
+if [ -f tests/interop/node/package-lock.json ]; then
+    (cd tests/interop/node && npm ci --silent --no-audit --no-fund)
+fi
+
+echo "== ruff"
+ruff check tornado_websocket tests demos bench
+echo "== mypy --strict"
+mypy
+echo "== pytest"
+python3 -m pytest -p no:cacheprovider "$@"
