@@ -1,6 +1,9 @@
 """The echo demo: the original EchoWebSocket on a normal Tornado Application.
 
-Run ``python demos/echo.py`` and open http://localhost:8888/ .
+Run ``python demos/echo.py`` and open http://localhost:8888/ . The page talks
+to the seed's ``EchoWebSocket`` at ``/websocket``; ``/echo`` (and ``/`` for a
+WebSocket client) echo messages exactly, for conformance suites such as
+Autobahn|Testsuite.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from typing import Any
 
 import tornado.web
 
@@ -15,7 +19,10 @@ import tornado_websocket
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tornado_websocket echo</title>
-<style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{white-space:pre-wrap;border:1px solid #ccc;padding:.5em;min-height:10em}</style>
+<style>
+body { font-family: sans-serif; max-width: 40em; margin: 2em auto }
+#log { white-space: pre-wrap; border: 1px solid #ccc; padding: .5em; min-height: 10em }
+</style>
 </head><body>
 <h1>Echo</h1>
 <form id="form"><input id="text" size="40" autofocus placeholder="Type a message"> <button>Send</button></form>
@@ -44,26 +51,54 @@ class EchoWebSocket(tornado_websocket.WebSocketHandler):
         self.receive_message(self.on_message)
 
     def on_message(self, message):
-        self.write_message("You said: " + message)
+        self.write_message(u"You said: " + message)
 
 
-class PageHandler(tornado.web.RequestHandler):
-    def get(self) -> None:
+class ExactEcho(tornado_websocket.WebSocketHandler):
+    """Sends back every message as it came (text as text, binary as binary), for conformance suites.
+
+    permessage-deflate is accepted, and messages up to 64 MiB.
+    """
+
+    def get_compression_options(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def max_message_size(self) -> int:
+        return 64 * 1024 * 1024
+
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
+class PageOrEcho(ExactEcho):
+    """``/``: the demo page for a browser, the exact echo for a WebSocket client."""
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.request.headers.get("Upgrade", "").lower() == "websocket":
+            await super().get(*args, **kwargs)
+            return
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.write(PAGE)
+        self.finish(PAGE)
 
 
 def make_app() -> tornado.web.Application:
-    return tornado.web.Application([(r"/", PageHandler), (r"/websocket", EchoWebSocket)])
+    return tornado.web.Application(
+        [(r"/", PageOrEcho), (r"/websocket", EchoWebSocket), (r"/echo", ExactEcho)]
+    )
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description="tornado_websocket echo demo")
     parser.add_argument("--port", type=int, default=8888)
-    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--address", default="localhost", help="address to listen on (default: localhost)")
     args = parser.parse_args()
     server = make_app().listen(args.port, args.address)
-    print(f"Echo demo on http://{args.address}:{args.port}/ (WebSocket at /websocket)", flush=True)
+    print(
+        f"Echo demo on http://{args.address}:{args.port}/ : the seed EchoWebSocket at /websocket, "
+        "an exact echo (permessage-deflate, 64 MiB messages) at /echo and at / for WebSocket clients",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
