@@ -9,13 +9,16 @@ and Sans-I/O protocol as the server, with every frame masked.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ssl
 import urllib.parse
+import warnings
 from typing import Any, Awaitable, Callable, Optional, Union
 
 from tornado.escape import json_encode
 from tornado.httpclient import HTTPRequest
 from tornado.httputil import HTTPHeaders, parse_response_start_line
+from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
 from tornado.netutil import Resolver
@@ -66,6 +69,11 @@ class WebSocketClientConnection:
     def _attach(self, connection: WebSocketConnection) -> None:
         self._connection = connection
         connection.start()
+
+    @property
+    def stream(self) -> Optional[IOStream]:
+        """The underlying IOStream (as on Tornado's client), ``None`` before the handshake."""
+        return self._connection.stream if self._connection is not None else None
 
     @property
     def selected_subprotocol(self) -> Optional[str]:
@@ -137,7 +145,7 @@ class WebSocketClientConnection:
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is gone (after :meth:`close` or a close by the server)."""
         if not self.closed:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = IOLoop.current().asyncio_loop.create_future()  # type: ignore[attr-defined]
             self._closed_waiters.append(waiter)
             await waiter
 
@@ -180,6 +188,7 @@ class WebSocketClientConnection:
 
 def websocket_connect(
     url: Union[str, HTTPRequest],
+    callback: Optional[Callable[[asyncio.Future[WebSocketClientConnection]], None]] = None,
     *,
     subprotocols: Optional[list[str]] = None,
     headers: Optional[Union[dict[str, str], HTTPHeaders]] = None,
@@ -199,10 +208,11 @@ def websocket_connect(
     valid ``101`` (``code``, ``headers`` and ``body`` say what it sent), with
     :class:`WebSocketConnectError` (an ``OSError``) when TCP or TLS fails,
     and with :class:`WebSocketTimeoutError` after ``connect_timeout``
-    seconds without a complete handshake. ``compression_options`` (a dict,
+    seconds without a complete handshake. ``callback`` (deprecated, as in
+    Tornado) is called with the future. ``compression_options`` (a dict,
     ``{}`` for defaults) offers permessage-deflate.
     """
-    return asyncio.ensure_future(
+    future = asyncio.ensure_future(
         _connect(
             url,
             subprotocols=subprotocols,
@@ -217,6 +227,10 @@ def websocket_connect(
             resolver=resolver,
         )
     )
+    if callback is not None:
+        warnings.warn("the callback argument is deprecated, await the result instead", DeprecationWarning, stacklevel=2)
+        IOLoop.current().add_future(future, callback)
+    return future
 
 
 async def _connect(
@@ -234,7 +248,8 @@ async def _connect(
     resolver: Optional[Resolver],
 ) -> WebSocketClientConnection:
     if isinstance(url, HTTPRequest):
-        request = url
+        request = copy.copy(url)
+        request.headers = HTTPHeaders(request.headers)
         if request.connect_timeout is not None and connect_timeout == 20.0:
             connect_timeout = request.connect_timeout
         if ssl_options is None and request.ssl_options is not None:

@@ -15,6 +15,7 @@ import collections
 import socket
 from typing import Any, Awaitable, Optional, Union
 
+from tornado import gen
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.log import app_log, gen_log
@@ -36,6 +37,9 @@ except ImportError:  # pragma: no cover
     from typing_extensions import Protocol as _TypingProtocol  # type: ignore
 
 READ_CHUNK_SIZE = 256 * 1024
+# The read loop yields to other tasks after this much work: bytes read plus FRAME_WORK per event.
+YIELD_AFTER_WORK = 256 * 1024
+FRAME_WORK = 1024
 DEFAULT_CLOSE_TIMEOUT = 5.0
 
 
@@ -61,8 +65,8 @@ def _silence(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _closed_future() -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+def _closed_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = loop.create_future()
     future.set_exception(WebSocketClosedError("the connection is closed"))
     _silence(future)
     return future
@@ -87,6 +91,7 @@ class WebSocketConnection:
         "close_code",
         "close_reason",
         "_loop",
+        "_aloop",
         "_reader",
         "_batch",
         "_batch_future",
@@ -118,6 +123,7 @@ class WebSocketConnection:
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
         self._loop = IOLoop.current()
+        self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
         self._reader: Optional[asyncio.Future[None]] = None
         self._batch: Optional[list[bytes]] = None
         self._batch_future: Optional[asyncio.Future[None]] = None
@@ -150,18 +156,23 @@ class WebSocketConnection:
 
     @property
     def is_closing(self) -> bool:
-        """True once either side started the close handshake or TCP is gone."""
-        p = self.protocol
-        return self._closed or p.close_sent or p.close_received
+        """True once we sent a Close frame (ours or the echo of the peer's) or TCP is gone.
+
+        Messages that arrived before the peer's Close frame can still be
+        answered while they are dispatched.
+        """
+        return self._closed or self.protocol.close_sent
 
     async def _read_loop(self) -> None:
         stream = self.stream
         protocol = self.protocol
         owner = self.owner
+        work = 0
         try:
             while True:
                 data = await stream.read_bytes(READ_CHUNK_SIZE, partial=True)
                 events = protocol.feed(data)
+                work += len(data)
                 if not events:
                     continue
                 self._batch = []
@@ -169,19 +180,15 @@ class WebSocketConnection:
                     for event in events:
                         cls = type(event)
                         if cls is Message:
+                            if protocol.close_sent:
+                                continue  # we are closing: the application said it is done
                             try:
                                 result = owner._on_ws_message(event.data)  # type: ignore[union-attr]
-                                if result is not None:
-                                    # Writes made while user code awaits go out at once.
-                                    if self._batch:
-                                        self._flush_batch()
-                                    self._batch = None
-                                    try:
-                                        await result
-                                    finally:
-                                        self._batch = []
-                            except Exception:
+                            except (Exception, asyncio.CancelledError):
                                 self._user_error("on_message")
+                                continue
+                            if result is not None:
+                                await self._wait_for_user(result)
                         elif cls is Ping:
                             payload = event.payload  # type: ignore[union-attr]
                             if not protocol.close_sent:
@@ -197,6 +204,11 @@ class WebSocketConnection:
                         else:
                             assert isinstance(event, ProtocolViolation)
                             self._on_violation(event)
+                        work += FRAME_WORK
+                        if work >= YIELD_AFTER_WORK:
+                            # A flood of small frames must not keep the event loop to itself.
+                            work = 0
+                            await self._wait_for_user(asyncio.sleep(0))
                 finally:
                     if self._batch:
                         self._flush_batch()
@@ -208,6 +220,25 @@ class WebSocketConnection:
             self.abort()
         finally:
             self._teardown()
+
+    async def _wait_for_user(self, awaitable: Awaitable[Any]) -> None:
+        """Pause dispatching until ``awaitable`` is done; writes made meanwhile go out at once.
+
+        An exception (or cancellation) from user code is logged and closes
+        with 1011; cancelling the read loop itself still cancels it.
+        """
+        if self._batch:
+            self._flush_batch()
+        self._batch = None
+        future = gen.convert_yielded(awaitable)
+        try:
+            await asyncio.wait((future,))
+        finally:
+            self._batch = []
+        try:
+            future.result()
+        except (Exception, asyncio.CancelledError):
+            self._user_error("on_message")
 
     def _user_error(self, where: str) -> None:
         """Log an exception raised by user code and close with 1011."""
@@ -222,7 +253,7 @@ class WebSocketConnection:
         self._finish_close_handshake()
 
     def _on_violation(self, event: ProtocolViolation) -> None:
-        gen_log.info("WebSocket peer broke the protocol: %s (closing with %d)", event.reason, event.code)
+        gen_log.debug("WebSocket peer broke the protocol: %s (closing with %d)", event.reason, event.code)
         if not self.protocol.close_sent:
             self._write(self.protocol.encode_close(event.code, event.reason[:123]))
         self._drop_after_flush()
@@ -310,7 +341,7 @@ class WebSocketConnection:
             batch.append(frame)
             future = self._batch_future
             if future is None:
-                future = self._batch_future = asyncio.get_running_loop().create_future()
+                future = self._batch_future = self._aloop.create_future()
             return future
         return self._send(frame)
 
@@ -343,7 +374,7 @@ class WebSocketConnection:
             except OSError:
                 sent = 0  # would block, or an error the stream's own write finds and reports
             if sent == len(data):
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                done: asyncio.Future[None] = self._aloop.create_future()
                 done.set_result(None)
                 return done
             if sent:
@@ -351,8 +382,8 @@ class WebSocketConnection:
         try:
             written = stream.write(data)
         except StreamClosedError:
-            return _closed_future()
-        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return _closed_future(self._aloop)
+        result: asyncio.Future[None] = self._aloop.create_future()
         _chain(written, result)
         return result
 
@@ -383,7 +414,7 @@ class WebSocketConnection:
         if self._closed:
             raise WebSocketClosedError("the connection is closed")
         frame = self.protocol.encode_ping(data)
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[float] = self._aloop.create_future()
         self._pings.append((bytes(data), future, self._loop.time()))
         self._write(frame)
         return future

@@ -147,7 +147,7 @@ class PerMessageDeflate:
             else:
                 out = decompressor.decompress(data, room + 1)
                 if len(out) > room or decompressor.unconsumed_tail:
-                    raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message over the size limit once inflated")
+                    raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
         except zlib.error as exc:
             raise DeflateError(f"compressed message does not inflate: {exc}") from None
         if decompressor.unused_data:

@@ -166,6 +166,9 @@ class WebSocketHandler(tornado.web.RequestHandler):
         cross-origin (an ``Origin`` that differs from ``Host``). Override to
         allow more origins; see ``docs/security.md`` before returning True.
         """
+        check_trusted = getattr(self, "check_trusted_origin", None)  # Tornado 6.6+
+        if check_trusted is not None:
+            return bool(check_trusted(origin))
         trusted: Any = self.settings.get("trusted_origins", [])
         return origin in trusted
 

@@ -12,16 +12,19 @@ import asyncio
 import collections
 from typing import Optional, Union
 
+from tornado.ioloop import IOLoop
+
 Data = Union[str, bytes]
 
 
 class MessageInbox:
     """Messages waiting for a consumer, and consumers waiting for a message."""
 
-    __slots__ = ("max_size", "_messages", "_waiters", "_space", "_closed")
+    __slots__ = ("max_size", "_loop", "_messages", "_waiters", "_space", "_closed")
 
     def __init__(self, max_size: int = 32) -> None:
         self.max_size = max_size
+        self._loop: asyncio.AbstractEventLoop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         self._messages: collections.deque[Data] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[Optional[Data]]] = collections.deque()
         self._space: Optional[asyncio.Future[None]] = None
@@ -45,13 +48,13 @@ class MessageInbox:
         self._messages.append(message)
         if len(self._messages) >= self.max_size:
             if self._space is None or self._space.done():
-                self._space = asyncio.get_running_loop().create_future()
+                self._space = self._loop.create_future()
             return self._space
         return None
 
     def get(self) -> asyncio.Future[Optional[Data]]:
         """A future of the next message; of ``None`` once closed and drained."""
-        future: asyncio.Future[Optional[Data]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Optional[Data]] = self._loop.create_future()
         if self._messages:
             future.set_result(self._messages.popleft())
             self._release_space()

@@ -332,7 +332,7 @@ class Protocol:
                 limit += limit // 1024 + 64
             if total > limit:
                 raise ProtocolError(
-                    CloseCode.MESSAGE_TOO_BIG, f"message over the {self.max_message_size}-byte limit"
+                    CloseCode.MESSAGE_TOO_BIG, "message too big"
                 )
 
     def _message_data(self, chunk: bytes, message_done: bool, events: list[Event]) -> None:
