@@ -4,6 +4,7 @@ A drop-in replacement for :mod:`tornado.websocket`: change the import and
 keep the handler. See README.md and docs/.
 """
 
+from tornado_websocket.broadcast import broadcast
 from tornado_websocket.client import WebSocketClientConnection, websocket_connect
 from tornado_websocket.errors import (
     ProtocolError,
@@ -31,4 +32,5 @@ __all__ = [
     "WebSocketTimeoutError",
     "websocket_connect",
     "__version__",
+    "broadcast",
 ]

@@ -178,6 +178,8 @@ class WebSocketConnection:
                 self._batch = []
                 try:
                     for event in events:
+                        if self._closed:
+                            return  # TCP went away while user code awaited: on_close has run
                         cls = type(event)
                         if cls is Message:
                             if protocol.close_sent:
@@ -362,30 +364,38 @@ class WebSocketConnection:
     def _send(self, data: bytes) -> asyncio.Future[None]:
         """Write to the socket; the future fails with WebSocketClosedError if TCP is gone.
 
-        When nothing is buffered in the IOStream, the bytes go straight to
-        the socket and only what the kernel does not take is handed to the
-        stream: most writes then cost one ``send()`` and no stream future.
+        An empty ``data`` gives a future of the moment everything buffered
+        so far has been handed to the socket.
         """
-        stream = self.stream
-        sock = self._direct_socket
-        if sock is not None and data and not stream._write_buffer and not stream.closed():
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0  # would block, or an error the stream's own write finds and reports
-            if sent == len(data):
+        if data:
+            data = self._send_now(data)
+            if not data:
                 done: asyncio.Future[None] = self._aloop.create_future()
                 done.set_result(None)
                 return done
-            if sent:
-                data = data[sent:]
         try:
-            written = stream.write(data)
+            written = self.stream.write(data)
         except StreamClosedError:
             return _closed_future(self._aloop)
         result: asyncio.Future[None] = self._aloop.create_future()
         _chain(written, result)
         return result
+
+    def _send_now(self, data: bytes) -> bytes:
+        """Give ``data`` straight to the socket if the IOStream has nothing buffered; return the rest.
+
+        Most writes then cost one ``send()`` and no stream future; what the
+        kernel does not take (and every error) is left to the IOStream.
+        """
+        sock = self._direct_socket
+        stream = self.stream
+        if sock is None or stream._write_buffer or stream.closed():
+            return data
+        try:
+            sent = sock.send(data)
+        except OSError:
+            return data
+        return data[sent:] if sent else data
 
     def write_message(self, message: Union[str, bytes], binary: bool = False) -> asyncio.Future[None]:
         """Send one message; the future completes when it is handed to the socket.
@@ -396,14 +406,22 @@ class WebSocketConnection:
             raise WebSocketClosedError("the connection is closed")
         return self._write(self.protocol.encode_message(message, binary))
 
-    def write_frame_bytes(self, frame: bytes) -> asyncio.Future[None]:
-        """Send an already encoded data frame (see :mod:`tornado_websocket.broadcast`).
+    def send_frame_nowait(self, frame: bytes) -> None:
+        """Send an already encoded frame with no future (see :mod:`tornado_websocket.broadcast`).
 
-        Raises :class:`WebSocketClosedError` once closing.
+        The caller checks :attr:`is_closing` first. Inside a dispatch the
+        frame joins the batch, so it keeps its place after earlier writes.
         """
-        if self._closed or self.protocol.close_sent:
-            raise WebSocketClosedError("the connection is closed")
-        return self._write(frame)
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)
+            return
+        rest = self._send_now(frame)
+        if rest:
+            try:
+                self.stream.write(rest)
+            except StreamClosedError:
+                pass
 
     def ping(self, data: bytes = b"") -> asyncio.Future[float]:
         """Send a ping; the future gives the round-trip time in seconds when the pong arrives.

@@ -150,9 +150,13 @@ class PerMessageDeflate:
                     raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
         except zlib.error as exc:
             raise DeflateError(f"compressed message does not inflate: {exc}") from None
-        if decompressor.unused_data:
-            raise DeflateError("data after the end of the deflate stream")
-        if end_of_message and (self._recv_reset or decompressor.eof):
+        if decompressor.eof:
+            # The sender ended the stream with a BFINAL block (RFC 7692 section 7.2.3.4): only
+            # the tail we appended may follow it, and the next message starts a new stream.
+            if not end_of_message or decompressor.unused_data not in (b"", _TAIL):
+                raise DeflateError("data after the end of the deflate stream")
+            self._decompressor = None
+        elif end_of_message and self._recv_reset:
             self._decompressor = None
         return out
 
@@ -177,7 +181,7 @@ def _parse_params(params: ExtensionParams) -> Optional[dict[str, Optional[int]]]
                 if name != "client_max_window_bits":
                     return None
                 result[name] = -1
-            elif not (value.isdigit() and len(value) <= 2 and 8 <= int(value) <= 15):
+            elif not (value.isdigit() and value[0] != "0" and 8 <= int(value) <= 15):
                 return None
             else:
                 result[name] = int(value)

@@ -351,9 +351,12 @@ class Protocol:
             try:
                 self._msg_parts.append(decoder.decode(chunk, message_done))
             except UnicodeDecodeError:
-                raise ProtocolError(
-                    CloseCode.INVALID_DATA, "text message is not valid UTF-8"
-                ) from None
+                raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8") from None
+            if not message_done:
+                pending = decoder.getstate()[0]
+                # Python's decoder waits for the third byte of ED A0-BF, a surrogate: fail now.
+                if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+                    raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
         else:
             self._msg_parts.append(chunk)
         if not message_done:

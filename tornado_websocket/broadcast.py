@@ -1,0 +1,53 @@
+"""Encode-once fan-out of one message to many connections.
+
+``broadcast(connections, message)`` builds the server frame once and hands
+the same bytes to every connection's socket, without a future per
+connection. Connections that compress (their deflate context differs) or
+mask (clients) get the message encoded for them instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Union
+
+from tornado.escape import json_encode
+
+from tornado_websocket.connection import WebSocketConnection
+from tornado_websocket.frames import OP_BINARY, OP_TEXT, encode_frame
+
+
+def broadcast(connections: Iterable[Any], message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> int:
+    """Send ``message`` to every open connection in ``connections``; return how many got it.
+
+    ``connections`` may hold ``WebSocketHandler``, ``WebSocketClientConnection``
+    or ``WebSocketConnection`` objects; closing or closed ones are skipped
+    (no exception). ``str`` goes as text, ``bytes`` as binary if ``binary``
+    else as text, a dict as JSON text. Raises ``TypeError`` for other message
+    types. The bytes are handed to each socket (or its send buffer) before
+    this returns; nothing is awaited.
+    """
+    if isinstance(message, dict):
+        message = json_encode(message)
+    if isinstance(message, str):
+        payload = message.encode("utf-8")
+    elif isinstance(message, (bytes, bytearray, memoryview)):
+        payload = bytes(message)
+    else:
+        raise TypeError(f"cannot broadcast {type(message).__name__}; send str, bytes or dict")
+    opcode = OP_BINARY if binary else OP_TEXT
+    frame = b""
+    sent = 0
+    for item in connections:
+        connection = item if isinstance(item, WebSocketConnection) else getattr(item, "_connection", None)
+        if connection is None or connection.is_closing:
+            continue
+        protocol = connection.protocol
+        if protocol.is_client or protocol.deflate is not None:
+            connection.write_message(payload, binary)
+        else:
+            if not frame:
+                frame = encode_frame(opcode, payload)
+            connection.send_frame_nowait(frame)
+        sent += 1
+    return sent
