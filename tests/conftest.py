@@ -16,6 +16,7 @@ import socket
 import struct
 from typing import Any, NamedTuple, Optional
 
+import pytest
 import pytest_asyncio
 import tornado.httpserver
 import tornado.testing
@@ -23,7 +24,9 @@ import tornado.web
 import websockets.asyncio.client
 from tornado.httputil import HTTPHeaders
 
+import tornado_websocket.handler
 from tornado_websocket.handshake import accept_key
+from tornado_websocket.protocol import Protocol
 
 TIMEOUT = 5.0
 
@@ -120,7 +123,7 @@ class RawClient:
         self.key = ""
 
     @classmethod
-    async def connect(cls, port: int) -> "RawClient":
+    async def connect(cls, port: int) -> RawClient:
         reader, writer = await bounded(asyncio.open_connection("127.0.0.1", port))
         return cls(reader, writer, port)
 
@@ -133,8 +136,13 @@ class RawClient:
         method: str = "GET",
         headers: Optional[dict[str, Optional[str]]] = None,
         key: Optional[str] = None,
+        extra_lines: tuple[str, ...] = (),
+        http_version: str = "HTTP/1.1",
     ) -> bytes:
-        """An upgrade request; a header given as ``None`` in ``headers`` is left out."""
+        """An upgrade request; a header given as ``None`` in ``headers`` is left out.
+
+        ``extra_lines`` are raw header lines added as they are (e.g. a repeated header).
+        """
         self.key = key if key is not None else base64.b64encode(os.urandom(16)).decode()
         fields: dict[str, Optional[str]] = {
             "Host": f"127.0.0.1:{self.port}",
@@ -145,8 +153,9 @@ class RawClient:
         }
         for name, value in (headers or {}).items():
             fields[name] = value
-        lines = [f"{method} {path} HTTP/1.1"]
+        lines = [f"{method} {path} {http_version}"]
         lines += [f"{k}: {v}" for k, v in fields.items() if v is not None]
+        lines += list(extra_lines)
         if method == "POST":
             lines.append("Content-Length: 0")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -275,8 +284,8 @@ class Harness:
 
     def serve(self, handlers: Any, **settings: Any) -> int:
         """Serve ``handlers`` (a list or an Application) on a free port; return the port."""
-        app = handlers if isinstance(handlers, tornado.web.Application) else tornado.web.Application(
-            handlers, **settings
+        app = (
+            handlers if isinstance(handlers, tornado.web.Application) else tornado.web.Application(handlers, **settings)
         )
         sock, port = tornado.testing.bind_unused_port()
         server = tornado.httpserver.HTTPServer(app)
@@ -314,14 +323,21 @@ class Harness:
         return conn
 
     async def aclose(self) -> None:
-        for conn in self.ws_clients:
+        """Close every client, stop the servers and wait (bounded) until all tasks settled.
+
+        Idempotent: a test may call it to reach a point where nothing is left running.
+        """
+        ws_clients, self.ws_clients = self.ws_clients, []
+        raw_clients, self.raw_clients = self.raw_clients, []
+        servers, self.servers = self.servers, []
+        for conn in ws_clients:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2.5)
-        for client in self.raw_clients:
+        for client in raw_clients:
             await client.close()
-        for server in self.servers:
+        for server in servers:
             server.stop()
-        for server in self.servers:
+        for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.close_all_connections(), 2)
         # Let the server-side connections see the EOFs and finish; cancel what is left.
@@ -375,3 +391,51 @@ class Signal:
 @pytest_asyncio.fixture
 async def signal():
     return Signal()
+
+
+class FeedSpy:
+    """Counts the bytes the server's Protocol was fed, so a test can send a frame piece by piece.
+
+    Waiting until the server has parsed each piece (instead of sleeping) makes
+    every piece arrive in its own ``Protocol.feed`` call.
+    """
+
+    def __init__(self) -> None:
+        self.fed = 0
+        self.calls = 0
+        self._changed = asyncio.Event()
+
+    async def wait_fed(self, total: int, timeout: float = TIMEOUT) -> None:
+        async def until() -> None:
+            while self.fed < total:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+
+    async def send_in_pieces(self, client: RawClient, data: bytes, cuts: list[int]) -> None:
+        """Send ``data`` split at ``cuts``; each piece is parsed before the next is sent."""
+        base = self.fed
+        bounds = sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]
+        start = 0
+        for end in bounds:
+            await client.send(data[start:end])
+            await self.wait_fed(base + end)
+            start = end
+
+
+@pytest.fixture
+def feed_spy(monkeypatch: pytest.MonkeyPatch) -> FeedSpy:
+    """Make WebSocketHandler build a Protocol that reports every feed() to the returned spy."""
+    spy = FeedSpy()
+
+    class SpyProtocol(Protocol):
+        def feed(self, data: bytes) -> list[Any]:
+            events = super().feed(data)
+            spy.fed += len(data)
+            spy.calls += 1
+            spy._changed.set()
+            return events
+
+    monkeypatch.setattr(tornado_websocket.handler, "Protocol", SpyProtocol)
+    return spy

@@ -8,10 +8,6 @@ import struct
 
 import pytest
 import tornado.web
-
-import tornado_websocket
-from tornado_websocket.handshake import accept_key
-
 from conftest import (
     OP_BINARY,
     OP_CLOSE,
@@ -22,6 +18,9 @@ from conftest import (
     build_frame,
     close_payload,
 )
+
+import tornado_websocket
+from tornado_websocket.handshake import accept_key
 
 pytestmark = pytest.mark.asyncio
 
@@ -73,9 +72,7 @@ async def test_upgrade_answers_101_with_accept(harness, port):
 
 async def test_upgrade_with_token_lists_and_case(harness, port):
     client = await harness.raw()
-    response = await client.request(
-        headers={"Upgrade": "WebSocket", "Connection": "keep-alive, UPGRADE"}
-    )
+    response = await client.request(headers={"Upgrade": "WebSocket", "Connection": "keep-alive, UPGRADE"})
     assert response.status == 101
     assert response.headers["Sec-WebSocket-Accept"] == accept_key(client.key)
 
@@ -122,6 +119,21 @@ async def test_bad_upgrade_request_is_400_naming_the_header(harness, port, heade
     assert "Sec-WebSocket-Accept" not in response.headers
 
 
+async def test_duplicate_key_is_400(harness, port):
+    client = await harness.raw()
+    other_key = base64.b64encode(os.urandom(16)).decode()
+    response = await client.request(extra_lines=(f"Sec-WebSocket-Key: {other_key}",))
+    assert response.status == 400
+    assert b"Sec-WebSocket-Key" in response.body
+
+
+async def test_http_10_is_400(harness, port):
+    client = await harness.raw()
+    response = await client.request(http_version="HTTP/1.0")
+    assert response.status == 400
+    assert b"HTTP/1.1" in response.body
+
+
 async def test_version_12_is_426_with_supported_version(harness, port):
     client = await harness.raw()
     response = await client.request(headers={"Sec-WebSocket-Version": "12"})
@@ -149,9 +161,7 @@ async def test_cross_origin_is_403(harness, port):
 
 async def test_cross_site_fetch_metadata_is_403(harness, port):
     client = await harness.raw()
-    response = await client.request(
-        headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
-    )
+    response = await client.request(headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
     assert response.status == 403
 
 
@@ -254,7 +264,9 @@ async def test_invalid_utf8_in_final_fragment_is_1007(harness, port):
     await client.expect_close_then_eof(1007)
 
 
-@pytest.mark.parametrize("payload", [b"\xff", b"ok\xed\xa0\x80", b"\xce\xba\xc0\xaf"], ids=["ff", "surrogate", "overlong"])
+@pytest.mark.parametrize(
+    "payload", [b"\xff", b"ok\xed\xa0\x80", b"\xce\xba\xc0\xaf"], ids=["ff", "surrogate", "overlong"]
+)
 async def test_invalid_utf8_in_first_fragment_detected_before_the_end(harness, port, payload):
     """The final fragment is never sent: only incremental validation can answer."""
     client = await harness.raw_ws()
@@ -336,6 +348,7 @@ async def test_empty_close_is_answered(harness, port):
     await client.send_close(None)
     frame = await client.read_close()
     assert frame.close_code in (None, 1000)
+    assert frame.close_reason == b""
     await client.expect_eof()
 
 
@@ -360,7 +373,9 @@ async def test_invalid_utf8_close_reason_is_1007(harness, port):
 
 async def test_nothing_after_close_is_processed(harness, port):
     client = await harness.raw_ws()
-    await client.send(build_frame(OP_CLOSE, close_payload(1000)) + build_frame(OP_TEXT, b"late") + build_frame(OP_PING, b"p"))
+    await client.send(
+        build_frame(OP_CLOSE, close_payload(1000)) + build_frame(OP_TEXT, b"late") + build_frame(OP_PING, b"p")
+    )
     frame = await client.read_close()
     assert frame.close_code == 1000
     await client.expect_eof()
@@ -418,6 +433,23 @@ async def test_many_frames_in_one_write_are_all_echoed(harness, port):
         assert await client.read_text() == m.decode()
 
 
+async def test_flood_of_frames_with_pings_keeps_order(harness, port):
+    """More frames in one write than the server handles before yielding to other tasks."""
+    client = await harness.raw_ws()
+    frames = []
+    expected = []
+    for i in range(1500):
+        frames.append(build_frame(OP_TEXT, f"f{i}".encode()))
+        expected.append((OP_TEXT, f"f{i}".encode()))
+        if i % 100 == 99:
+            frames.append(build_frame(OP_PING, f"p{i}".encode()))
+            expected.append((OP_PONG, f"p{i}".encode()))
+    await client.send(b"".join(frames))
+    for opcode, payload in expected:
+        frame = await client.read_frame()
+        assert (frame.opcode, frame.payload) == (opcode, payload)
+
+
 async def test_mixed_frames_in_one_write_keep_order(harness, port):
     client = await harness.raw_ws()
     data = (
@@ -436,13 +468,45 @@ async def test_mixed_frames_in_one_write_keep_order(harness, port):
     assert await client.read_message() == (OP_TEXT, b"")
 
 
-async def test_frame_split_across_writes(harness, port):
+async def test_frame_split_inside_header_mask_and_payload(harness, port, feed_spy):
     client = await harness.raw_ws()
-    payload = bytes(range(256)) * 3 + b"tail"  # 772 bytes: 16-bit length, odd size
-    frame = build_frame(OP_BINARY, payload)
-    for i in range(0, len(frame), 37):
-        await client.send(frame[i : i + 37])
+    payload = bytes(range(256)) + b"odd-tail"  # 264 bytes: 16-bit length
+    frame = build_frame(OP_BINARY, payload)  # 2 + 2 + 4 header bytes
+    await feed_spy.send_in_pieces(client, frame, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 50, 101, 202, 203])
     assert await client.read_message() == (OP_BINARY, payload)
+    assert feed_spy.calls >= 16
+
+
+async def test_64bit_frame_split_in_pieces(harness, feed_spy):
+    port = harness.serve([(r"/ws", Echo)])
+    client = await harness.raw_ws(port=port)
+    payload = os.urandom(70_001)
+    frame = build_frame(OP_BINARY, payload)  # 2 + 8 + 4 header bytes
+    await feed_spy.send_in_pieces(client, frame, [1, 3, 9, 11, 13, 15, 1001, 33_335, 70_000])
+    assert await client.read_message() == (OP_BINARY, payload)
+
+
+async def test_text_split_inside_a_character_across_reads(harness, port, feed_spy):
+    client = await harness.raw_ws()
+    text = "€uro 𝄞 κ"
+    frame = build_frame(OP_TEXT, text.encode("utf-8"))
+    header = 6
+    # cut inside the 3-byte euro sign, inside the 4-byte clef and inside the 2-byte kappa
+    cuts = [header + 1, header + 2, header + 9, header + 10, header + 11, header + 15]
+    await feed_spy.send_in_pieces(client, frame, cuts)
+    assert await client.read_text() == text
+
+
+async def test_control_frames_split_across_reads(harness, port, feed_spy):
+    client = await harness.raw_ws()
+    ping = build_frame(OP_PING, b"split ping")
+    await feed_spy.send_in_pieces(client, ping, [1, 3, 7, 9])
+    frame = await client.read_frame()
+    assert (frame.opcode, frame.payload) == (OP_PONG, b"split ping")
+    close = build_frame(OP_CLOSE, close_payload(3001, b"split"))
+    await feed_spy.send_in_pieces(client, close, [1, 2, 6, 7, 9])
+    assert (await client.read_close()).close_code == 3001
+    await client.expect_eof()
 
 
 async def test_large_message_with_64bit_length(harness):
@@ -458,7 +522,9 @@ async def test_large_message_with_64bit_length(harness):
 async def test_zero_length_fragments(harness, port):
     client = await harness.raw_ws()
     await client.send(
-        build_frame(OP_TEXT, b"", fin=False) + build_frame(OP_CONT, b"x", fin=False) + build_frame(OP_CONT, b"", fin=True)
+        build_frame(OP_TEXT, b"", fin=False)
+        + build_frame(OP_CONT, b"x", fin=False)
+        + build_frame(OP_CONT, b"", fin=True)
     )
     assert await client.read_text() == "x"
 
