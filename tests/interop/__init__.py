@@ -1,0 +1,1 @@
+"""Interoperability matrix: tornado_websocket against other WebSocket implementations."""
