@@ -11,7 +11,6 @@ share it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import socket
 from typing import Any, Awaitable, Optional, Union
 
@@ -131,9 +130,7 @@ class WebSocketConnection:
         self._close_timer: Optional[object] = None
         self._ping_timer: Optional[object] = None
         # Pings we sent and wait a pong for: (payload, future, time sent).
-        self._pings: collections.deque[tuple[bytes, asyncio.Future[float], float]] = (
-            collections.deque()
-        )
+        self._pings: list[tuple[bytes, asyncio.Future[float], float]] = []
         stream.read_chunk_size = max(stream.read_chunk_size, READ_CHUNK_SIZE)
         # TLS streams keep their own write path (an SSL socket may need to read to write).
         self._direct_socket: Optional[socket.socket] = (
@@ -322,8 +319,8 @@ class WebSocketConnection:
         if self._ping_timer is not None:
             loop.remove_timeout(self._ping_timer)
             self._ping_timer = None
-        while self._pings:
-            _, future, _ = self._pings.popleft()
+        pings, self._pings = self._pings, []
+        for _, future, _ in pings:
             if not future.done():
                 future.set_exception(WebSocketClosedError("the connection closed before the pong"))
                 _silence(future)
@@ -443,7 +440,7 @@ class WebSocketConnection:
             now = self._loop.time()
             # A pong acknowledges the ping it matches and every earlier one.
             while pings:
-                sent_payload, future, sent_at = pings.popleft()
+                sent_payload, future, sent_at = pings.pop(0)
                 if not future.done():
                     future.set_result(now - sent_at)
                 if sent_payload == payload:

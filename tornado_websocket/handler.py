@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, NoReturn, Optional, Union
 
 import tornado.web
 from tornado.escape import json_encode, utf8
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.iostream import IOStream
 from tornado.log import app_log, gen_log
 
@@ -31,8 +31,11 @@ from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol
 MessageCallback = Callable[[Union[str, bytes]], Optional[Awaitable[Any]]]
 
 
-def _not_supported(*args: Any, **kwargs: Any) -> None:
+def _not_supported() -> NoReturn:
     raise RuntimeError("Method not supported for Web Sockets")
+
+
+_NO_HEADERS = HTTPHeaders()
 
 
 class WebSocketHandler(tornado.web.RequestHandler):
@@ -46,6 +49,8 @@ class WebSocketHandler(tornado.web.RequestHandler):
 
     #: How many received messages wait for a pull consumer before reading pauses.
     max_queued_messages = 32
+    # True once the 101 answer is sent (a class default: set_header runs inside __init__).
+    _upgraded = False
 
     def __init__(
         self, application: tornado.web.Application, request: HTTPServerRequest, **kwargs: Any
@@ -60,7 +65,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
         self._selected_subprotocol: Optional[str] = None
         self._on_close_called = False
         self._message_callback: Optional[MessageCallback] = None
-        self._inbox = MessageInbox(self.max_queued_messages)
+        self._inbox: Optional[MessageInbox] = None  # made on first use: most handlers never pull
 
     # -- the opening handshake ---------------------------------------------
 
@@ -206,10 +211,66 @@ class WebSocketHandler(tornado.web.RequestHandler):
         value: int = self.settings.get("websocket_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
         return value
 
+    def _pull_inbox(self) -> MessageInbox:
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = MessageInbox(self.max_queued_messages)
+            if self._connection is not None and self._connection.closed:
+                inbox.close()
+        return inbox
+
     def _detach_stream(self) -> IOStream:
-        for method in ("write", "redirect", "set_header", "set_cookie", "set_status", "flush", "finish"):
-            setattr(self, method, _not_supported)
-        return self.detach()
+        stream = self.detach()
+        self._upgraded = True
+        self._headers = _NO_HEADERS  # the 101 answer is sent; keep no copy per connection
+        return stream
+
+    # HTTP response methods make no sense once the connection is a WebSocket.
+
+    def write(self, chunk: Union[str, bytes, dict[str, Any]]) -> None:
+        if self._upgraded:
+            _not_supported()
+        super().write(chunk)
+
+    def redirect(self, url: str, permanent: bool = False, status: Optional[int] = None) -> None:
+        if self._upgraded:
+            _not_supported()
+        super().redirect(url, permanent, status)
+
+    def set_header(self, name: str, value: Any) -> None:
+        if self._upgraded:
+            _not_supported()
+        super().set_header(name, value)
+
+    def add_header(self, name: str, value: Any) -> None:
+        if self._upgraded:
+            _not_supported()
+        super().add_header(name, value)
+
+    def clear_header(self, name: str) -> None:
+        if self._upgraded:
+            _not_supported()
+        super().clear_header(name)
+
+    def set_cookie(self, name: str, value: Union[str, bytes], *args: Any, **kwargs: Any) -> None:
+        if self._upgraded:
+            _not_supported()
+        super().set_cookie(name, value, *args, **kwargs)
+
+    def set_status(self, status_code: int, reason: Optional[str] = None) -> None:
+        if self._upgraded:
+            _not_supported()
+        super().set_status(status_code, reason)
+
+    def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
+        if self._upgraded:
+            _not_supported()
+        return super().flush(include_footers)
+
+    def finish(self, chunk: Optional[Union[str, bytes, dict[str, Any]]] = None) -> asyncio.Future[None]:
+        if self._upgraded:
+            _not_supported()
+        return super().finish(chunk)
 
     def _break_cycles(self) -> None:
         # finish() runs at the upgrade; keep the handler usable until the socket closes.
@@ -228,7 +289,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
         May be a coroutine: reading pauses until it finishes. The default
         queues the message for ``await receive_message()`` / ``async for``.
         """
-        return self._inbox.put(message)
+        return self._pull_inbox().put(message)
 
     def receive_message(
         self, callback: Optional[MessageCallback] = None
@@ -240,10 +301,10 @@ class WebSocketHandler(tornado.web.RequestHandler):
         """
         if callback is not None:
             self._message_callback = callback
-            for message in self._inbox.drain():
+            for message in self._pull_inbox().drain():
                 callback(message)
             return None
-        return self._inbox.get()
+        return self._pull_inbox().get()
 
     def __aiter__(self) -> WebSocketHandler:
         return self
@@ -335,7 +396,8 @@ class WebSocketHandler(tornado.web.RequestHandler):
             self.close_code = connection.close_code
             self.close_reason = connection.close_reason
         self.ws_connection = None
-        self._inbox.close()
+        if self._inbox is not None:
+            self._inbox.close()
         if not self._on_close_called:
             self._on_close_called = True
             try:
