@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Awaitable, Optional, Union
+from typing import Any, Awaitable, Optional, Union, cast
 
 from tornado import gen
 from tornado.ioloop import IOLoop
@@ -23,6 +23,7 @@ from tornado_websocket.errors import WebSocketClosedError
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.protocol import (
     CloseReceived,
+    Event,
     Message,
     Ping,
     Pong,
@@ -91,7 +92,7 @@ class WebSocketConnection:
         "close_reason",
         "_loop",
         "_aloop",
-        "_reader",
+        "_work",
         "_batch",
         "_batch_future",
         "_closed",
@@ -123,7 +124,7 @@ class WebSocketConnection:
         self.close_reason: Optional[str] = None
         self._loop = IOLoop.current()
         self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
-        self._reader: Optional[asyncio.Future[None]] = None
+        self._work = 0  # bytes and events handled since the loop last ran other callbacks
         self._batch: Optional[list[bytes]] = None
         self._batch_future: Optional[asyncio.Future[None]] = None
         self._closed = False
@@ -142,7 +143,7 @@ class WebSocketConnection:
 
     def start(self) -> None:
         """Start reading and, if configured, keepalive pings."""
-        self._reader = asyncio.ensure_future(self._read_loop())
+        self._read_more()
         if self.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
 
@@ -160,84 +161,117 @@ class WebSocketConnection:
         """
         return self._closed or self.protocol.close_sent
 
-    async def _read_loop(self) -> None:
+    # -- reading -------------------------------------------------------------
+    #
+    # Reading runs on callbacks rather than a task: an idle connection then costs
+    # one pending read future, not a task and a suspended coroutine frame.
+
+    def _read_more(self) -> None:
+        """Read chunks and dispatch them until one has to wait (for the socket, user code or fairness)."""
         stream = self.stream
+        while not self._closed:
+            if self._work >= YIELD_AFTER_WORK:
+                # A flood of frames must not keep the event loop to itself.
+                self._work = 0
+                self._loop.add_callback(self._read_more)
+                return
+            try:
+                future = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK_SIZE, partial=True))
+            except StreamClosedError:
+                self._teardown()
+                return
+            if not future.done():
+                future.add_done_callback(self._on_chunk)
+                return
+            if not self._handle_chunk(future):
+                return
+
+    def _on_chunk(self, future: asyncio.Future[bytes]) -> None:
+        if self._handle_chunk(future):
+            self._read_more()
+
+    def _handle_chunk(self, future: asyncio.Future[bytes]) -> bool:
+        """Feed one chunk and dispatch its events; False when dispatching goes on later."""
+        try:
+            data = future.result()
+        except StreamClosedError:
+            self._teardown()
+            return False
+        except Exception:  # pragma: no cover - a bug of ours, not of the peer
+            app_log.error("Unexpected error reading a WebSocket", exc_info=True)
+            self.abort()
+            return False
+        self._work += len(data)
+        events = self.protocol.feed(data)
+        return self._dispatch(events, 0) if events else True
+
+    def _dispatch(self, events: list[Event], start: int) -> bool:
+        """Hand ``events[start:]`` to the owner in order; False when the rest waits (see :meth:`_pause`).
+
+        The frames written meanwhile leave in one write at the end.
+        """
         protocol = self.protocol
         owner = self.owner
-        work = 0
+        self._batch = []
         try:
-            while True:
-                data = await stream.read_bytes(READ_CHUNK_SIZE, partial=True)
-                events = protocol.feed(data)
-                work += len(data)
-                if not events:
-                    continue
-                self._batch = []
-                try:
-                    for event in events:
-                        if self._closed:
-                            return  # TCP went away while user code awaited: on_close has run
-                        cls = type(event)
-                        if cls is Message:
-                            if protocol.close_sent:
-                                continue  # we are closing: the application said it is done
-                            try:
-                                result = owner._on_ws_message(event.data)  # type: ignore[union-attr]
-                            except (Exception, asyncio.CancelledError):
-                                self._user_error("on_message")
-                                continue
-                            if result is not None:
-                                await self._wait_for_user(result)
-                        elif cls is Ping:
-                            payload = event.payload  # type: ignore[union-attr]
-                            if not protocol.close_sent:
-                                self._write(protocol.encode_pong(payload))
-                            try:
-                                owner._on_ws_ping(payload)
-                            except Exception:
-                                self._user_error("on_ping")
-                        elif cls is Pong:
-                            self._on_pong(event.payload)  # type: ignore[union-attr]
-                        elif cls is CloseReceived:
-                            self._on_close_received(event)  # type: ignore[arg-type]
-                        else:
-                            assert isinstance(event, ProtocolViolation)
-                            self._on_violation(event)
-                        work += FRAME_WORK
-                        if work >= YIELD_AFTER_WORK:
-                            # A flood of small frames must not keep the event loop to itself.
-                            work = 0
-                            await self._wait_for_user(asyncio.sleep(0))
-                finally:
-                    if self._batch:
-                        self._flush_batch()
-                    self._batch = None
-        except StreamClosedError:
-            pass
-        except Exception:  # pragma: no cover - a bug of ours, not of the peer
-            app_log.error("Unexpected error in WebSocket read loop", exc_info=True)
-            self.abort()
+            for index in range(start, len(events)):
+                if self._closed:
+                    return False  # TCP went away while user code ran: on_close has run
+                event = events[index]
+                cls = type(event)
+                if cls is Message:
+                    if protocol.close_sent:
+                        continue  # we are closing: the application said it is done
+                    try:
+                        result = owner._on_ws_message(event.data)  # type: ignore[union-attr]
+                    except (Exception, asyncio.CancelledError):
+                        self._user_error("on_message")
+                        continue
+                    if result is not None:
+                        self._pause(result, events, index + 1)
+                        return False
+                elif cls is Ping:
+                    payload = event.payload  # type: ignore[union-attr]
+                    if not protocol.close_sent:
+                        self._write(protocol.encode_pong(payload))
+                    try:
+                        owner._on_ws_ping(payload)
+                    except Exception:
+                        self._user_error("on_ping")
+                elif cls is Pong:
+                    self._on_pong(event.payload)  # type: ignore[union-attr]
+                elif cls is CloseReceived:
+                    self._on_close_received(event)  # type: ignore[arg-type]
+                else:
+                    assert isinstance(event, ProtocolViolation)
+                    self._on_violation(event)
+                self._work += FRAME_WORK
+                if self._work >= YIELD_AFTER_WORK and index + 1 < len(events):
+                    self._work = 0
+                    self._loop.add_callback(self._resume, events, index + 1)
+                    return False
+            return True
         finally:
-            self._teardown()
+            if self._batch:
+                self._flush_batch()
+            self._batch = None
 
-    async def _wait_for_user(self, awaitable: Awaitable[Any]) -> None:
-        """Pause dispatching until ``awaitable`` is done; writes made meanwhile go out at once.
-
-        An exception (or cancellation) from user code is logged and closes
-        with 1011; cancelling the read loop itself still cancels it.
-        """
-        if self._batch:
-            self._flush_batch()
-        self._batch = None
+    def _pause(self, awaitable: Awaitable[Any], events: list[Event], resume_at: int) -> None:
+        """Dispatch the rest of ``events`` (then read on) once user code's awaitable is done."""
         future = gen.convert_yielded(awaitable)
-        try:
-            await asyncio.wait((future,))
-        finally:
-            self._batch = []
-        try:
-            future.result()
-        except (Exception, asyncio.CancelledError):
-            self._user_error("on_message")
+
+        def done(f: asyncio.Future[Any]) -> None:
+            try:
+                f.result()
+            except (Exception, asyncio.CancelledError):
+                self._user_error("on_message")
+            self._resume(events, resume_at)
+
+        future.add_done_callback(done)
+
+    def _resume(self, events: list[Event], resume_at: int) -> None:
+        if not self._closed and self._dispatch(events, resume_at):
+            self._read_more()
 
     def _user_error(self, where: str) -> None:
         """Log an exception raised by user code and close with 1011."""

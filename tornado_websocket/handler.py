@@ -222,7 +222,10 @@ class WebSocketHandler(tornado.web.RequestHandler):
     def _detach_stream(self) -> IOStream:
         stream = self.detach()
         self._upgraded = True
-        self._headers = _NO_HEADERS  # the 101 answer is sent; keep no copy per connection
+        # The 101 answer is sent and the HTTP/1.1 connection object is done with:
+        # keep neither for the life of the WebSocket (memory per idle connection).
+        self._headers = _NO_HEADERS
+        self.request.connection = None
         return stream
 
     # HTTP response methods make no sense once the connection is a WebSocket.
