@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Awaitable, Optional, Union, cast
+from typing import Any, Awaitable, Optional, Sequence, Union, cast
 
 from tornado import gen
 from tornado.ioloop import IOLoop
@@ -40,6 +40,11 @@ READ_CHUNK_SIZE = 256 * 1024
 # The read loop yields to other tasks after this much work: bytes read plus FRAME_WORK per event.
 YIELD_AFTER_WORK = 256 * 1024
 FRAME_WORK = 1024
+# Payloads from this size on are written without joining them to their header
+# (``sendmsg`` of both); a batch of at most MAX_GATHER frames holding this many
+# bytes is written the same way instead of being joined.
+GATHER_MIN_BYTES = 64 * 1024
+MAX_GATHER = 64
 DEFAULT_CLOSE_TIMEOUT = 5.0
 
 
@@ -300,7 +305,7 @@ class WebSocketConnection:
 
     def _drop_after_flush(self) -> None:
         """Send what is queued, then half-close TCP and wait (bounded) for the peer's FIN."""
-        future = self._flush_batch() if self._batch else self._send(b"")
+        future = self._flush_batch() if self._batch else self._send()
         future.add_done_callback(lambda _: self._shutdown_write())
         self._start_close_timer()
 
@@ -379,54 +384,66 @@ class WebSocketConnection:
         return self._send(frame)
 
     def _flush_batch(self) -> asyncio.Future[None]:
-        """Write the frames queued while handling a chunk in one ``write``."""
+        """Write the frames queued while handling a chunk with one system call."""
         batch = self._batch
         assert batch
         self._batch = None
         future = self._batch_future
         self._batch_future = None
-        data = batch[0] if len(batch) == 1 else b"".join(batch)
-        sent = self._send(data)
+        if len(batch) > 1 and (len(batch) > MAX_GATHER or sum(map(len, batch)) < GATHER_MIN_BYTES):
+            batch = [b"".join(batch)]  # many small frames: one copy beats a long iovec
+        sent = self._send(*batch)
         if future is None:
             return sent
         _chain(sent, future)
         return future
 
-    def _send(self, data: bytes) -> asyncio.Future[None]:
-        """Write to the socket; the future fails with WebSocketClosedError if TCP is gone.
+    def _send(self, *parts: bytes) -> asyncio.Future[None]:
+        """Write ``parts`` in order; the future fails with WebSocketClosedError if TCP is gone.
 
-        An empty ``data`` gives a future of the moment everything buffered
-        so far has been handed to the socket.
+        When the IOStream has nothing buffered the bytes go straight to the
+        socket (one ``send``/``sendmsg``) and only what the kernel does not
+        take is handed to the stream, so most writes cost no stream future.
+        With no parts, the future says when everything buffered so far has
+        been handed to the socket.
         """
-        if data:
-            data = self._send_now(data)
-            if not data:
-                done: asyncio.Future[None] = self._aloop.create_future()
-                done.set_result(None)
-                return done
+        rest = self._send_now(parts) if parts else [b""]
+        if not rest:
+            done: asyncio.Future[None] = self._aloop.create_future()
+            done.set_result(None)
+            return done
+        stream = self.stream
         try:
-            written = self.stream.write(data)
+            for piece in rest[:-1]:
+                stream.write(piece)
+            written = stream.write(rest[-1])
         except StreamClosedError:
             return _closed_future(self._aloop)
         result: asyncio.Future[None] = self._aloop.create_future()
         _chain(written, result)
         return result
 
-    def _send_now(self, data: bytes) -> bytes:
-        """Give ``data`` straight to the socket if the IOStream has nothing buffered; return the rest.
+    def _send_now(self, parts: Sequence[bytes]) -> list[Union[bytes, memoryview]]:
+        """Give ``parts`` to the socket now if the IOStream has nothing buffered; return what is left.
 
-        Most writes then cost one ``send()`` and no stream future; what the
-        kernel does not take (and every error) is left to the IOStream.
+        What the kernel does not take (and every error) is left to the IOStream.
         """
         sock = self._direct_socket
         stream = self.stream
-        if sock is None or stream._write_buffer or stream.closed():
-            return data
-        try:
-            sent = sock.send(data)
-        except OSError:
-            return data
-        return data[sent:] if sent else data
+        sent = 0
+        if sock is not None and not stream._write_buffer and not stream.closed():
+            try:
+                sent = sock.send(parts[0]) if len(parts) == 1 else sock.sendmsg(parts)
+            except OSError:
+                sent = 0
+        rest: list[Union[bytes, memoryview]] = []
+        for part in parts:
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            rest.append(memoryview(part)[sent:] if sent else part)
+            sent = 0
+        return rest
 
     def write_message(self, message: Union[str, bytes], binary: bool = False) -> asyncio.Future[None]:
         """Send one message; the future completes when it is handed to the socket.
@@ -435,6 +452,10 @@ class WebSocketConnection:
         """
         if self._closed:
             raise WebSocketClosedError("the connection is closed")
+        if len(message) >= GATHER_MIN_BYTES:
+            header, payload = self.protocol.encode_message_parts(message, binary)
+            self._write(header)
+            return self._write(payload)
         return self._write(self.protocol.encode_message(message, binary))
 
     def send_frame_nowait(self, frame: bytes) -> None:
@@ -447,10 +468,9 @@ class WebSocketConnection:
         if batch is not None:
             batch.append(frame)
             return
-        rest = self._send_now(frame)
-        if rest:
+        for piece in self._send_now((frame,)):
             try:
-                self.stream.write(rest)
+                self.stream.write(piece)
             except StreamClosedError:
                 pass
 

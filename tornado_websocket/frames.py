@@ -118,16 +118,26 @@ def encode_header(
     return header + mask if mask else header
 
 
+def encode_frame_parts(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False, masked: bool = False
+) -> tuple[bytes, bytes]:
+    """Encode one frame as ``(header, payload)``: ``payload`` is the caller's bytes unless masked.
+
+    Sending the two with one ``sendmsg()`` avoids copying a large payload.
+    Masked frames get a fresh random key.
+    """
+    if masked:
+        key = os.urandom(4)
+        return encode_header(opcode, len(payload), fin=fin, rsv1=rsv1, mask=key), apply_mask(key, payload)
+    return encode_header(opcode, len(payload), fin=fin, rsv1=rsv1), payload
+
+
 def encode_frame(
     opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False, masked: bool = False
 ) -> bytes:
     """Encode one complete frame; ``masked`` frames get a fresh random key."""
-    if masked:
-        key = os.urandom(4)
-        return encode_header(opcode, len(payload), fin=fin, rsv1=rsv1, mask=key) + apply_mask(
-            key, payload
-        )
-    return encode_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload
+    header, body = encode_frame_parts(opcode, payload, fin=fin, rsv1=rsv1, masked=masked)
+    return header + body
 
 
 def encode_close_payload(code: Optional[int], reason: str = "") -> bytes:

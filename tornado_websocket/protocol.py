@@ -29,6 +29,7 @@ from tornado_websocket.frames import (
     apply_mask,
     encode_close_payload,
     encode_frame,
+    encode_frame_parts,
     parse_close_payload,
 )
 
@@ -392,6 +393,11 @@ class Protocol:
         ``str`` data is UTF-8 encoded. Raises :class:`WebSocketClosedError`
         once a close was sent.
         """
+        header, payload = self.encode_message_parts(data, binary)
+        return header + payload
+
+    def encode_message_parts(self, data: Union[str, bytes], binary: bool) -> tuple[bytes, bytes]:
+        """Like :meth:`encode_message`, as ``(header, payload)`` to send without joining them."""
         if self.close_sent:
             raise WebSocketClosedError("the connection is closing")
         payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -400,8 +406,8 @@ class Protocol:
         if deflate is not None:
             compressed = deflate.compress(payload)
             if compressed is not None:
-                return encode_frame(opcode, compressed, rsv1=True, masked=self.is_client)
-        return encode_frame(opcode, payload, masked=self.is_client)
+                return encode_frame_parts(opcode, compressed, rsv1=True, masked=self.is_client)
+        return encode_frame_parts(opcode, payload, masked=self.is_client)
 
     def encode_ping(self, payload: bytes = b"") -> bytes:
         """Encode a Ping; raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` after close."""
