@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
 from typing import Optional
 
 from tornado_websocket.client import WebSocketClientConnection, websocket_connect
@@ -40,14 +41,27 @@ def _show(message: object) -> None:
         print(message, flush=True)
 
 
+def _start_stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[Optional[str]]:
+    """Read standard input in a daemon thread (it never blocks the exit); ``None`` marks its end."""
+    lines: asyncio.Queue[Optional[str]] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    return lines
+
+
 async def _pump_stdin(conn: WebSocketClientConnection, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
+    lines = _start_stdin_reader(asyncio.get_running_loop())
+    while True:
+        line = await lines.get()
+        if line is None:
             break
         try:
-            await conn.write_message(line.rstrip("\r\n"))
+            await conn.write_message(line)
         except WebSocketClosedError:
             break
     stop.set()
@@ -102,9 +116,4 @@ async def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    code = asyncio.run(main())
-    sys.stdout.flush()
-    # stdin's reader thread may still be blocked in readline(); do not wait for it.
-    import os
-
-    os._exit(code)
+    sys.exit(asyncio.run(main()))

@@ -356,15 +356,35 @@ async def _connect(
 
 
 async def _read_error_body(stream: IOStream, headers: HTTPHeaders, timeout: Optional[float]) -> bytes:
-    """Read (at most 64 KiB of) the body of a refusal, for the error; empty if it does not come."""
+    """Read (at most 64 KiB of) the body of a refusal, for the error; what came in time if it stalls.
+
+    Handles ``Content-Length``, ``Transfer-Encoding: chunked`` and a body
+    that ends when the server closes the connection.
+    """
+    body = bytearray()
+
+    async def read() -> None:
+        if headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while len(body) < MAX_ERROR_BODY:
+                size_line = await stream.read_until(b"\n", max_bytes=1024)
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    return
+                body.extend(await stream.read_bytes(min(size, MAX_ERROR_BODY - len(body))))
+                if len(body) < MAX_ERROR_BODY:
+                    await stream.read_until(b"\n", max_bytes=1024)
+            return
+        length = headers.get("Content-Length")
+        if length is not None:
+            wanted = min(int(length), MAX_ERROR_BODY)
+            if wanted > 0:
+                body.extend(await stream.read_bytes(wanted))
+            return
+        while len(body) < MAX_ERROR_BODY:  # delimited by the end of the connection
+            body.extend(await stream.read_bytes(MAX_ERROR_BODY - len(body), partial=True))
+
     try:
-        length = int(headers.get("Content-Length", "0"))
-    except ValueError:
-        length = 0
-    length = min(length, MAX_ERROR_BODY)
-    if length <= 0:
-        return b""
-    try:
-        return await asyncio.wait_for(stream.read_bytes(length), timeout)
-    except (asyncio.TimeoutError, StreamClosedError):
-        return b""
+        await asyncio.wait_for(read(), timeout)
+    except (asyncio.TimeoutError, StreamClosedError, ValueError):
+        pass
+    return bytes(body[:MAX_ERROR_BODY])

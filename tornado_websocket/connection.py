@@ -98,6 +98,7 @@ class WebSocketConnection:
         "_loop",
         "_aloop",
         "_work",
+        "_failed",
         "_batch",
         "_batch_future",
         "_closed",
@@ -130,6 +131,7 @@ class WebSocketConnection:
         self._loop = IOLoop.current()
         self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
         self._work = 0  # bytes and events handled since the loop last ran other callbacks
+        self._failed = False  # user code raised: messages still queued in a chunk are dropped
         self._batch: Optional[list[bytes]] = None
         self._batch_future: Optional[asyncio.Future[None]] = None
         self._closed = False
@@ -225,8 +227,8 @@ class WebSocketConnection:
                 event = events[index]
                 cls = type(event)
                 if cls is Message:
-                    if protocol.close_sent:
-                        continue  # we are closing: the application said it is done
+                    if self._failed:
+                        continue  # user code failed and we closed with 1011: do not feed it more
                     try:
                         result = owner._on_ws_message(event.data)  # type: ignore[union-attr]
                     except (Exception, asyncio.CancelledError):
@@ -279,8 +281,9 @@ class WebSocketConnection:
             self._read_more()
 
     def _user_error(self, where: str) -> None:
-        """Log an exception raised by user code and close with 1011."""
+        """Log an exception raised by user code and close with 1011; later messages are dropped."""
         app_log.error("Uncaught exception in WebSocket %s", where, exc_info=True)
+        self._failed = True
         self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _on_close_received(self, event: CloseReceived) -> None:
