@@ -31,3 +31,14 @@ echo "== mypy --strict"
 mypy
 echo "== pytest"
 python3 -m pytest -p no:cacheprovider "$@"
+
+echo "== fuzz (atheris, 60 s)"
+corpus=$(mktemp -d)
+cp fuzz/seeds/* "$corpus"/
+if ! python3 fuzz/fuzz_protocol.py -max_total_time=60 -print_final_stats=1 "$corpus" > "$corpus.log" 2>&1; then
+    tail -n 60 "$corpus.log"
+    echo "fuzzing found an input that breaks the protocol's invariants (see above)" >&2
+    exit 1
+fi
+grep -E "^stat::(number_of_executed_units|new_units_added)" "$corpus.log"
+rm -rf "$corpus" "$corpus.log"
