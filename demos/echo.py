@@ -104,7 +104,8 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.stop()
+    closed = await tornado_websocket.shutdown(server, timeout=5.0)
+    print(f"Stopped; closed {closed} WebSocket connection(s) with 1001", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from tornado_websocket.errors import (
 )
 from tornado_websocket.frames import CloseCode, Opcode
 from tornado_websocket.handler import WebSocketHandler
+from tornado_websocket.shutdown import shutdown
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,5 @@ __all__ = [
     "websocket_connect",
     "__version__",
     "broadcast",
+    "shutdown",
 ]

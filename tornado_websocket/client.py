@@ -64,7 +64,6 @@ class WebSocketClientConnection:
         self._connection: Optional[WebSocketConnection] = None
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
-        self._closed_waiters: list[asyncio.Future[None]] = []
 
     def _attach(self, connection: WebSocketConnection) -> None:
         self._connection = connection
@@ -144,10 +143,8 @@ class WebSocketClientConnection:
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is gone (after :meth:`close` or a close by the server)."""
-        if not self.closed:
-            waiter: asyncio.Future[None] = IOLoop.current().asyncio_loop.create_future()  # type: ignore[attr-defined]
-            self._closed_waiters.append(waiter)
-            await waiter
+        if self._connection is not None:
+            await self._connection.wait_closed()
 
     def set_nodelay(self, value: bool) -> None:
         """Set TCP_NODELAY on the socket (on by default)."""
@@ -175,10 +172,6 @@ class WebSocketClientConnection:
             self.close_code = connection.close_code
             self.close_reason = connection.close_reason
         self._inbox.close()
-        for waiter in self._closed_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._closed_waiters.clear()
         if self._on_message_callback is not None:
             try:
                 self._on_message_callback(None)
@@ -316,7 +309,7 @@ async def _connect(
             raise WebSocketHandshakeError(f"malformed handshake response: {exc}", 599) from None
         body = b""
         if status.code != 101:
-            body = await _read_error_body(stream, response_headers, remaining())
+            body = await _read_error_body(stream, status.code, response_headers, remaining())
         subprotocol = handshake.validate_response(status.code, response_headers, body, key, subprotocols)
         compressor = None
         try:
@@ -355,12 +348,14 @@ async def _connect(
     return client
 
 
-async def _read_error_body(stream: IOStream, headers: HTTPHeaders, timeout: Optional[float]) -> bytes:
+async def _read_error_body(stream: IOStream, code: int, headers: HTTPHeaders, timeout: Optional[float]) -> bytes:
     """Read (at most 64 KiB of) the body of a refusal, for the error; what came in time if it stalls.
 
     Handles ``Content-Length``, ``Transfer-Encoding: chunked`` and a body
     that ends when the server closes the connection.
     """
+    if code in (204, 304) or 100 <= code < 200:
+        return b""  # these never have a body (RFC 9112 section 6.3)
     body = bytearray()
 
     async def read() -> None:

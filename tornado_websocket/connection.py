@@ -46,6 +46,10 @@ FRAME_WORK = 1024
 GATHER_MIN_BYTES = 64 * 1024
 MAX_GATHER = 64
 DEFAULT_CLOSE_TIMEOUT = 5.0
+DEFAULT_MAX_WRITE_BUFFER_SIZE = 16 * 1024 * 1024
+
+#: Every connection between ``start()`` and the end of its TCP connection (see :mod:`.shutdown`).
+OPEN_CONNECTIONS: set[WebSocketConnection] = set()
 
 
 class ConnectionOwner(_TypingProtocol):
@@ -99,6 +103,8 @@ class WebSocketConnection:
         "_aloop",
         "_work",
         "_failed",
+        "_closed_future",
+        "max_write_buffer_size",
         "_batch",
         "_batch_future",
         "_closed",
@@ -118,6 +124,7 @@ class WebSocketConnection:
         ping_interval: Optional[float] = None,
         ping_timeout: Optional[float] = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        max_write_buffer_size: Optional[int] = DEFAULT_MAX_WRITE_BUFFER_SIZE,
     ) -> None:
         self.stream = stream
         self.protocol = protocol
@@ -132,6 +139,9 @@ class WebSocketConnection:
         self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
         self._work = 0  # bytes and events handled since the loop last ran other callbacks
         self._failed = False  # user code raised: messages still queued in a chunk are dropped
+        self._closed_future: Optional[asyncio.Future[None]] = None
+        #: Bytes the IOStream may hold for a peer that does not read before the connection is dropped.
+        self.max_write_buffer_size = max_write_buffer_size
         self._batch: Optional[list[bytes]] = None
         self._batch_future: Optional[asyncio.Future[None]] = None
         self._closed = False
@@ -150,6 +160,7 @@ class WebSocketConnection:
 
     def start(self) -> None:
         """Start reading and, if configured, keepalive pings."""
+        OPEN_CONNECTIONS.add(self)
         self._read_more()
         if self.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
@@ -350,10 +361,22 @@ class WebSocketConnection:
     def _on_stream_closed(self) -> None:
         self._teardown()
 
+    def wait_closed(self) -> asyncio.Future[None]:
+        """A future that completes when the TCP connection is gone (at once if it is)."""
+        future = self._closed_future
+        if future is None:
+            future = self._closed_future = self._aloop.create_future()
+            if self._closed:
+                future.set_result(None)
+        return future
+
     def _teardown(self) -> None:
         if self._closed:
             return
         self._closed = True
+        OPEN_CONNECTIONS.discard(self)
+        if self._closed_future is not None and not self._closed_future.done():
+            self._closed_future.set_result(None)
         loop = self._loop
         if self._close_timer is not None:
             loop.remove_timeout(self._close_timer)
@@ -416,6 +439,8 @@ class WebSocketConnection:
             done.set_result(None)
             return done
         stream = self.stream
+        if self._write_buffer_overflows():
+            return _closed_future(self._aloop)
         try:
             for piece in rest[:-1]:
                 stream.write(piece)
@@ -425,6 +450,20 @@ class WebSocketConnection:
         result: asyncio.Future[None] = self._aloop.create_future()
         _chain(written, result)
         return result
+
+    def _write_buffer_overflows(self) -> bool:
+        """Drop the connection if the peer left more than ``max_write_buffer_size`` bytes unread."""
+        limit = self.max_write_buffer_size
+        buffered = self.stream._write_buffer  # None once the stream is closed
+        if limit is None or buffered is None or len(buffered) <= limit:
+            return False
+        gen_log.info(
+            "WebSocket peer is not reading: %d bytes wait to be sent, over the %d-byte limit; dropping it",
+            len(self.stream._write_buffer),
+            limit,
+        )
+        self.abort()
+        return True
 
     def _send_now(self, parts: Sequence[bytes]) -> list[Union[bytes, memoryview]]:
         """Give ``parts`` to the socket now if the IOStream has nothing buffered; return what is left.
@@ -471,7 +510,10 @@ class WebSocketConnection:
         if batch is not None:
             batch.append(frame)
             return
-        for piece in self._send_now((frame,)):
+        rest = self._send_now((frame,))
+        if rest and self._write_buffer_overflows():
+            return
+        for piece in rest:
             try:
                 self.stream.write(piece)
             except StreamClosedError:

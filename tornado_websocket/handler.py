@@ -22,7 +22,7 @@ from tornado.iostream import IOStream
 from tornado.log import app_log, gen_log
 
 from tornado_websocket import deflate, handshake
-from tornado_websocket.connection import WebSocketConnection
+from tornado_websocket.connection import DEFAULT_MAX_WRITE_BUFFER_SIZE, WebSocketConnection
 from tornado_websocket.errors import HandshakeError, WebSocketClosedError
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.inbox import MessageInbox
@@ -119,6 +119,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
             self,
             ping_interval=interval,
             ping_timeout=interval if timeout is None else timeout,
+            max_write_buffer_size=self.max_write_buffer_size,
         )
         self._connection = self.ws_connection = connection
         stream.set_nodelay(True)
@@ -209,6 +210,14 @@ class WebSocketHandler(tornado.web.RequestHandler):
     def max_message_size(self) -> int:
         """Largest message accepted (``websocket_max_message_size``, default 10 MiB)."""
         value: int = self.settings.get("websocket_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        return value
+
+    @property
+    def max_write_buffer_size(self) -> Optional[int]:
+        """Unsent bytes allowed for a peer that does not read (``websocket_max_write_buffer_size``,
+        default 16 MiB); past it the connection is dropped. ``await write_message()`` to stay under it.
+        """
+        value: Optional[int] = self.settings.get("websocket_max_write_buffer_size", DEFAULT_MAX_WRITE_BUFFER_SIZE)
         return value
 
     def _pull_inbox(self) -> MessageInbox:
