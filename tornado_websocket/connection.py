@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Awaitable, Optional, Sequence, Union, cast
+from typing import Any, Awaitable, Callable, Optional, Sequence, Union, cast
 
 from tornado import gen
 from tornado.ioloop import IOLoop
@@ -104,6 +104,7 @@ class WebSocketConnection:
         "_work",
         "_failed",
         "_closed_future",
+        "_close_callbacks",
         "max_write_buffer_size",
         "_batch",
         "_batch_future",
@@ -140,6 +141,7 @@ class WebSocketConnection:
         self._work = 0  # bytes and events handled since the loop last ran other callbacks
         self._failed = False  # user code raised: messages still queued in a chunk are dropped
         self._closed_future: Optional[asyncio.Future[None]] = None
+        self._close_callbacks: Optional[list[Callable[[WebSocketConnection], None]]] = None
         #: Bytes the IOStream may hold for a peer that does not read before the connection is dropped.
         self.max_write_buffer_size = max_write_buffer_size
         self._batch: Optional[list[bytes]] = None
@@ -361,6 +363,15 @@ class WebSocketConnection:
     def _on_stream_closed(self) -> None:
         self._teardown()
 
+    def add_close_callback(self, callback: Callable[[WebSocketConnection], None]) -> None:
+        """Call ``callback(connection)`` once when the TCP connection is gone (at once if it is)."""
+        if self._closed:
+            callback(self)
+            return
+        if self._close_callbacks is None:
+            self._close_callbacks = []
+        self._close_callbacks.append(callback)
+
     def wait_closed(self) -> asyncio.Future[None]:
         """A future that completes when the TCP connection is gone (at once if it is)."""
         future = self._closed_future
@@ -391,6 +402,12 @@ class WebSocketConnection:
                 _silence(future)
         if not self.stream.closed():
             self.stream.close()
+        callbacks, self._close_callbacks = self._close_callbacks or [], None
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                app_log.error("Uncaught exception in a WebSocket close callback", exc_info=True)
         try:
             self.owner._on_ws_closed()
         except Exception:
