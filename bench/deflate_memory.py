@@ -11,9 +11,10 @@ import json
 import statistics
 import tracemalloc
 
+from tornado.httputil import HTTPHeaders
+
 from tornado_websocket.deflate import PerMessageDeflate, negotiate_server
 from tornado_websocket.handshake import parse_extension_list
-from tornado.httputil import HTTPHeaders
 
 MESSAGE = json.dumps([{"id": i, "name": f"user{i}", "text": "hello there " * 3} for i in range(40)]).encode()
 CONNECTIONS = 200
