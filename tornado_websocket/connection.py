@@ -37,9 +37,12 @@ except ImportError:  # pragma: no cover
     from typing_extensions import Protocol as _TypingProtocol  # type: ignore
 
 READ_CHUNK_SIZE = 256 * 1024
-# The read loop yields to other tasks after this much work: bytes read plus FRAME_WORK per event.
+# Reading yields to the event loop after YIELD_AFTER_WORK units of work: FRAME_WORK per event
+# (256 events) plus one per 16 bytes read (4 MiB). A flood of small frames cannot starve other
+# connections, and large messages are not slowed by a loop round trip every chunk.
 YIELD_AFTER_WORK = 256 * 1024
 FRAME_WORK = 1024
+BYTE_WORK_SHIFT = 4
 # Payloads from this size on are written without joining them to their header
 # (``sendmsg`` of both); a batch of at most MAX_GATHER frames holding this many
 # bytes is written the same way instead of being joined.
@@ -221,7 +224,7 @@ class WebSocketConnection:
             app_log.error("Unexpected error reading a WebSocket", exc_info=True)
             self.abort()
             return False
-        self._work += len(data)
+        self._work += len(data) >> BYTE_WORK_SHIFT
         events = self.protocol.feed(data)
         return self._dispatch(events, 0) if events else True
 

@@ -216,8 +216,13 @@ class RedisBackend:
         self._closing = False
 
     def start(self, deliver: Deliver) -> None:
+        # The subscriber task starts on first use, on the loop that is running then: a Hub
+        # may be made at import time, before asyncio.run() creates the loop.
         self._deliver = deliver
-        self._task = asyncio.ensure_future(self._run())
+
+    def _ensure_running(self) -> None:
+        if self._task is None and not self._closing:
+            self._task = asyncio.ensure_future(self._run())
 
     def is_subscribed(self, channel: str) -> bool:
         return channel in self._active
@@ -229,6 +234,7 @@ class RedisBackend:
         else:
             self._ready.setdefault(channel, []).append(future)
         self._wanted.add(channel)
+        self._ensure_running()
         return future
 
     def channel_removed(self, channel: str) -> None:
@@ -236,6 +242,7 @@ class RedisBackend:
 
     async def publish(self, channel: str, message: Message) -> None:
         payload = self.TEXT + message.encode("utf-8") if isinstance(message, str) else self.BINARY + message
+        self._ensure_running()
         try:
             await self._publisher.publish(self.prefix + channel, payload)
         except (OSError, self._redis_module.RedisError) as exc:
