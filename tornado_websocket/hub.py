@@ -51,6 +51,12 @@ def _as_connection(target: Any) -> WebSocketConnection:
     return connection
 
 
+def _resolved() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = IOLoop.current().asyncio_loop.create_future()  # type: ignore[attr-defined]
+    future.set_result(None)
+    return future
+
+
 class InProcessBackend:
     """Delivers published messages to this process's subscribers only. The default."""
 
@@ -61,9 +67,7 @@ class InProcessBackend:
         self._deliver = deliver
 
     def channel_added(self, channel: str) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = IOLoop.current().asyncio_loop.create_future()  # type: ignore[attr-defined]
-        future.set_result(None)
-        return future
+        return _resolved()
 
     def channel_removed(self, channel: str) -> None:
         pass
@@ -101,10 +105,14 @@ class Hub:
 
         Returns a future that completes once the backend delivers the
         channel's messages here (at once in-process; after Redis confirmed the
-        subscription otherwise); it may be ignored. Raises ``TypeError`` for
-        something that is not an open WebSocket.
+        subscription otherwise); it may be ignored. A connection that is
+        already closed is not subscribed. Raises ``TypeError`` for something
+        that is not a WebSocket.
         """
         connection = _as_connection(target)
+        if connection.closed:
+            # The peer left (say, while on_message awaited): nothing to deliver to.
+            return self.backend.channel_added(channel) if channel in self._channels else _resolved()
         members = self._channels.get(channel)
         if members is None:
             members = self._channels[channel] = set()
@@ -214,6 +222,7 @@ class RedisBackend:
         self._down_since: Optional[float] = None
         self._failed_publishes = 0
         self._closing = False
+        self._delay = reconnect_min
 
     def start(self, deliver: Deliver) -> None:
         # The subscriber task starts on first use, on the loop that is running then: a Hub
@@ -250,7 +259,7 @@ class RedisBackend:
             raise HubUnavailableError(f"Redis is unavailable, the message was not published: {exc}") from exc
 
     async def _run(self) -> None:
-        delay = self.reconnect_min
+        self._delay = self.reconnect_min
         while not self._closing:
             client: Any = self._redis_module.from_url(self.url)
             pubsub: Any = client.pubsub()
@@ -265,8 +274,8 @@ class RedisBackend:
                     self._down_since = time.monotonic()
                     hub_log.warning("lost the Redis connection (%s); reconnecting", exc)
                 self._active.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.reconnect_max)
+                await asyncio.sleep(self._delay)
+                self._delay = min(self._delay * 2, self.reconnect_max)
                 continue
             finally:
                 try:
@@ -274,12 +283,12 @@ class RedisBackend:
                     await client.aclose()
                 except Exception:
                     pass
-            delay = self.reconnect_min
 
     async def _listen(self, pubsub: Any) -> None:
         """Keep the subscriptions in step with ``_wanted`` and deliver what arrives."""
         prefix = self.prefix
         await pubsub.ping()
+        self._delay = self.reconnect_min  # connected: the next outage backs off from the start
         if self._down_since is not None:
             hub_log.warning(
                 "Redis is back after %.1f s; %d local publish(es) failed meanwhile, and messages other "
