@@ -252,11 +252,17 @@ class RedisBackend:
     async def publish(self, channel: str, message: Message) -> None:
         payload = self.TEXT + message.encode("utf-8") if isinstance(message, str) else self.BINARY + message
         self._ensure_running()
+        errors = (OSError, self._redis_module.RedisError)
         try:
             await self._publisher.publish(self.prefix + channel, payload)
-        except (OSError, self._redis_module.RedisError) as exc:
-            self._failed_publishes += 1
-            raise HubUnavailableError(f"Redis is unavailable, the message was not published: {exc}") from exc
+        except errors:
+            # After Redis restarted, the pooled connection is stale and fails once;
+            # a second try opens a new one.
+            try:
+                await self._publisher.publish(self.prefix + channel, payload)
+            except errors as exc:
+                self._failed_publishes += 1
+                raise HubUnavailableError(f"Redis is unavailable, the message was not published: {exc}") from exc
 
     async def _run(self) -> None:
         self._delay = self.reconnect_min
