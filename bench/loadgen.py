@@ -15,6 +15,14 @@ How it stays out of the way:
   server near 100 % of a core while the load generator is well below it
   means the server is the bottleneck, not the client.
 * Every echoed message is checked (type, length and content).
+* Scenario 7 (permessage-deflate) offers the extension like a browser
+  (``permessage-deflate; client_max_window_bits``), fails unless the
+  server's ``Sec-WebSocket-Extensions`` answer accepts it, and compresses
+  the whole message sequence (with the window kept from message to
+  message, as negotiated) before the measured phase: frames are prebuilt
+  and masked as in the other scenarios, so during the measurement the load
+  generator only inflates and checks the echoes, each of which must come
+  back compressed (RSV1) at least once.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import resource
 import statistics
 import sys
 import time
+import zlib
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +45,7 @@ from scenarios import (  # noqa: E402
     BROADCAST_PAYLOAD,
     MAX_MESSAGE_SIZE,
     binary_payload,
+    json_payload,
     proc_cpu_seconds,
     proc_cpu_split,
     proc_rss_kib,
@@ -60,15 +70,16 @@ class BenchError(Exception):
     pass
 
 
-def build_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
-    """One complete client frame (FIN set, masked with ``key``)."""
+def build_frame(opcode: int, payload: bytes, key: bytes, rsv1: bool = False) -> bytes:
+    """One complete client frame (FIN set, masked with ``key``; RSV1 marks a compressed message)."""
     n = len(payload)
+    first = 0x80 | (0x40 if rsv1 else 0) | opcode
     if n < 126:
-        header = bytes([0x80 | opcode, 0x80 | n])
+        header = bytes([first, 0x80 | n])
     elif n < 1 << 16:
-        header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+        header = bytes([first, 0x80 | 126]) + n.to_bytes(2, "big")
     else:
-        header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+        header = bytes([first, 0x80 | 127]) + n.to_bytes(8, "big")
     if n == 0:
         return header + key
     mask = (key * (n // 4 + 1))[:n]
@@ -132,6 +143,135 @@ class Pipeline(WSListener):  # type: ignore[misc]
             return
         if frame.get_payload_as_bytes() != self.expected:
             self._fail(f"echo differs from what was sent ({frame.payload_size} bytes)")
+            return
+        self.received += 1
+        if self.sent < self.count:
+            self.sent += 1
+            self.pending += 1
+        if frame.last_in_buffer and self.pending:
+            self._send(self.pending)
+            self.pending = 0
+        if self.received == self.count:
+            self.t_end = perf_counter()
+            done.set_result(None)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._fail("the server closed the connection")
+
+
+#: Scenario 7's offer, as browsers send it: the server picks both windows.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+#: The end of a deflate sync flush, removed from every compressed message (RFC 7692 section 7.2.1).
+SYNC_TAIL = b"\x00\x00\xff\xff"
+#: The client's zlib settings (Chromium's: default level, memLevel 8; the window is what the server allows).
+CLIENT_LEVEL = 6
+CLIENT_MEM_LEVEL = 8
+
+
+def parse_deflate_answer(values: list[str]) -> dict[str, Optional[str]]:
+    """The parameters of permessage-deflate in the server's Sec-WebSocket-Extensions answer.
+
+    Raises BenchError when the server did not accept permessage-deflate.
+    """
+    for value in values:
+        for extension in value.split(","):
+            name, *params = [part.strip() for part in extension.split(";")]
+            if name.lower() != "permessage-deflate":
+                continue
+            out: dict[str, Optional[str]] = {}
+            for param in params:
+                key, eq, val = param.partition("=")
+                out[key.strip().lower()] = val.strip().strip('"') if eq else None
+            return out
+    raise BenchError(f"the server did not accept permessage-deflate (Sec-WebSocket-Extensions: {values!r})")
+
+
+def deflate_frames(pool: list[bytes], total: int, wbits: int, no_context_takeover: bool) -> tuple[list[bytes], int]:
+    """Masked, compressed text frames of messages 0..total-1 (message i is ``pool[i % len(pool)]``).
+
+    One compressor for the whole sequence, as a client keeps it (unless the
+    server asked for client_no_context_takeover). Returns the frames and the
+    total of their compressed payload sizes.
+    """
+    if not 9 <= wbits <= 15:
+        raise BenchError(f"zlib cannot compress with a {wbits}-bit window")
+    key = mask_key()
+    frames: list[bytes] = []
+    wire = 0
+    compressor = zlib.compressobj(CLIENT_LEVEL, zlib.DEFLATED, -wbits, CLIENT_MEM_LEVEL)
+    for i in range(total):
+        if no_context_takeover and i:
+            compressor = zlib.compressobj(CLIENT_LEVEL, zlib.DEFLATED, -wbits, CLIENT_MEM_LEVEL)
+        data = compressor.compress(pool[i % len(pool)]) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        assert data.endswith(SYNC_TAIL)
+        data = data[:-4]
+        wire += len(data)
+        frames.append(build_frame(0x1, data, key, rsv1=True))
+    return frames, wire
+
+
+class DeflatePipeline(WSListener):  # type: ignore[misc]
+    """Scenario 7: like Pipeline, with prebuilt compressed frames; inflates and checks every echo."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[WSTransport] = None
+        self.done: Optional[asyncio.Future[None]] = None
+        self.t_start = self.t_end = 0.0
+        self.inflater = zlib.decompressobj(-15)  # a 15-bit window reads any smaller one too
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self._write = transport.underlying_transport.write
+
+    def run(self, frames: list[bytes], pool: list[bytes], first: int, window: int, count: int) -> asyncio.Future[None]:
+        """Send frames[first:first+count], ``window`` in flight; echo j must be pool[j % len(pool)]."""
+        self.frames = frames
+        self.pool = pool
+        self.first = first
+        self.count = count
+        self.received = 0
+        self.pending = 0
+        self.wire_bytes = 0  # payload bytes of the echoes as they came (compressed)
+        self.compressed = 0  # echoes with RSV1 set
+        self.next_frame = first
+        self.sent = min(window, count)
+        self.done = asyncio.get_running_loop().create_future()
+        self.t_start = perf_counter()
+        self._send(self.sent)
+        return self.done
+
+    def _send(self, k: int) -> None:
+        start = self.next_frame
+        self.next_frame = start + k
+        self._write(b"".join(self.frames[start : start + k]))
+
+    def _fail(self, why: str) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(BenchError(why))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        done = self.done
+        if done is None or done.done():
+            return
+        if frame.msg_type != WSMsgType.TEXT or not frame.fin:
+            self._fail(f"unexpected frame {frame}")
+            return
+        payload = frame.get_payload_as_bytes()
+        self.wire_bytes += len(payload)
+        if frame.rsv1:
+            self.compressed += 1
+            try:
+                data = self.inflater.decompress(payload + SYNC_TAIL)
+            except zlib.error as exc:
+                self._fail(f"the echo does not inflate: {exc}")
+                return
+            if self.inflater.eof:  # the server ended its deflate stream (allowed without context takeover)
+                self.inflater = zlib.decompressobj(-15)
+        else:
+            data = payload
+        pool = self.pool
+        if data != pool[(self.first + self.received) % len(pool)]:
+            self._fail(f"echo differs from what was sent ({len(data)} bytes)")
             return
         self.received += 1
         if self.sent < self.count:
@@ -221,12 +361,15 @@ class Receiver(WSListener):  # type: ignore[misc]
 # -- helpers ----------------------------------------------------------------
 
 
-async def connect(url: str, factory: Callable[[], WSListener]) -> tuple[WSTransport, Any]:
+async def connect(
+    url: str, factory: Callable[[], WSListener], extra_headers: Optional[dict[str, str]] = None
+) -> tuple[WSTransport, Any]:
     return await ws_connect(  # type: ignore[no-any-return]
         factory,
         url,
         max_frame_size=MAX_MESSAGE_SIZE,
         websocket_handshake_timeout=CONNECT_TIMEOUT,
+        extra_headers=extra_headers,
     )
 
 
@@ -344,6 +487,52 @@ async def scenario_pipeline(number: int, params: dict[str, Any], url: str, pid: 
         transport.disconnect()
 
 
+async def scenario_deflate(params: dict[str, Any], url: str, pid: int) -> dict[str, Any]:
+    size, window, count, warmup = params["size"], params["window"], params["count"], params["warmup"]
+    t0 = perf_counter()
+    pool = [json_payload(i, size) for i in range(params["pool"])]
+    transport, listener = await asyncio.wait_for(
+        connect(url, DeflatePipeline, {"Sec-WebSocket-Extensions": DEFLATE_OFFER}), CONNECT_TIMEOUT
+    )
+    try:
+        answer = transport.response.headers.getall("Sec-WebSocket-Extensions", [])
+        accepted = parse_deflate_answer(answer)
+        wbits = int(accepted.get("client_max_window_bits") or 15)
+        no_takeover = "client_no_context_takeover" in accepted
+        frames, sent_wire = deflate_frames(pool, warmup + count, wbits, no_takeover)
+        setup_s = perf_counter() - t0
+        await asyncio.wait_for(listener.run(frames, pool, 0, window, warmup), PHASE_TIMEOUT)
+        meter = CpuMeter(pid)
+        meter.start()
+        await asyncio.wait_for(listener.run(frames, pool, warmup, window, count), PHASE_TIMEOUT)
+        cpu = meter.stop()
+        if listener.compressed == 0:
+            raise BenchError("permessage-deflate was negotiated but no echo came back compressed")
+        elapsed = listener.t_end - listener.t_start
+        cpu["wall_s"] = elapsed
+        for key in ("client_cpu", "server_cpu", "other_cpu"):
+            cpu[key + "_util"] = cpu[key + "_s"] / elapsed
+        return {
+            "metrics": {"msgs_per_s": count / elapsed, "echo_compression": count * size / listener.wire_bytes},
+            "cpu": cpu,
+            "extra": {
+                "messages": count,
+                "elapsed_s": elapsed,
+                "offer": DEFLATE_OFFER,
+                "answer": answer,
+                "client_window_bits": wbits,
+                "client_no_context_takeover": no_takeover,
+                "distinct_messages": len(pool),
+                "compressed_echoes": listener.compressed,
+                "echo_wire_bytes_per_msg": listener.wire_bytes / count,
+                "sent_compression": (warmup + count) * size / sent_wire,
+                "setup_s": setup_s,
+            },
+        }
+    finally:
+        transport.disconnect()
+
+
 async def scenario_idle(params: dict[str, Any], url: str, pid: int) -> dict[str, Any]:
     n, warm, batch = params["connections"], params["warmup_connections"], params["batch"]
     control_transport, control = await asyncio.wait_for(connect(url + "control", Control), CONNECT_TIMEOUT)
@@ -443,6 +632,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     kind = params["kind"]
     if kind == "pipeline":
         return await scenario_pipeline(args.scenario, params, url, args.server_pid)
+    if kind == "deflate":
+        return await scenario_deflate(params, url, args.server_pid)
     if kind == "idle":
         return await scenario_idle(params, url, args.server_pid)
     return await scenario_broadcast(params, url, args.server_pid, args.floor)
@@ -453,7 +644,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server-pid", type=int, required=True)
-    parser.add_argument("--scenario", type=int, choices=range(1, 7), required=True)
+    parser.add_argument("--scenario", type=int, choices=range(1, 8), required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--floor", action="store_true", help="scenario 6: also measure the FLOOR command")
     parser.add_argument("--connections", type=int, default=None, help="scenarios 5-6: fewer connections (fd limit)")

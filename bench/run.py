@@ -40,7 +40,9 @@ sys.path.insert(0, HERE)
 from scenarios import (  # noqa: E402
     BASELINE,
     FLOOR_METRICS,
+    INFO_METRICS,
     METRICS,
+    NOT_APPLICABLE,
     SCENARIOS,
     SERVER_LABELS,
     SERVERS,
@@ -107,10 +109,10 @@ def child_env() -> dict[str, str]:
 class Server:
     """One server subprocess; ``port`` once it printed ``PORT <n>``."""
 
-    def __init__(self, kind: str, cpu: Optional[int], log: IO[bytes]) -> None:
+    def __init__(self, kind: str, cpu: Optional[int], log: IO[bytes], compress: bool = False) -> None:
         self.kind = kind
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "servers.py"), "--kind", kind],
+            [sys.executable, os.path.join(HERE, "servers.py"), "--kind", kind] + (["--compress"] if compress else []),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -314,7 +316,8 @@ class Measurer:
         self.log.flush()
         server: Optional[Server] = None
         try:
-            server = Server(kind, self.server_cpu, self.log)
+            compress = bool(SCENARIOS[scenario].get("compress"))
+            server = Server(kind, self.server_cpu, self.log, compress)
             result = run_loadgen(server, scenario, self.args.quick, self.loadgen_cpu, self.log, self.max_connections)
         except (RuntimeError, OSError) as exc:
             result = {"ok": False, "error": str(exc)}
@@ -439,7 +442,9 @@ BUSY = 0.85
 
 def limited_by(row: dict[str, Any], entry: dict[str, Any]) -> str:
     """Which side ran out of CPU: the server, the load generator, both, or neither (waiting on round trips)."""
-    if row["scenario"] in (1, 2, 3, 4):
+    if row["key"] in INFO_METRICS:
+        return ""
+    if SCENARIOS[row["scenario"]]["kind"] in ("pipeline", "deflate"):
         server = entry.get("server_cpu_util", 0.0) >= BUSY
         client = entry.get("client_cpu_util", 0.0) >= BUSY
         if server and client:
@@ -478,11 +483,13 @@ def format_table(summary: dict[str, Any], servers: list[str], errors: dict[tuple
     ]
     lines: list[list[str]] = []
     seen_scenarios: set[int] = set()
+    na_shown: set[int] = set()
     for row in metric_rows():
         per_server = summary.get(row["id"], {})
         if not per_server and not row["floor"]:
             if row["scenario"] in seen_scenarios or not any(k[1] == row["scenario"] for k in errors):
                 continue
+        row_has_na = False
         for server in servers:
             entry = per_server.get(server)
             name = SERVER_LABELS[server]
@@ -492,6 +499,11 @@ def format_table(summary: dict[str, Any], servers: list[str], errors: dict[tuple
                 name = f"{name} ({row['floor_label']})"
             if entry is None:
                 error = errors.get((server, row["scenario"]))
+                reason = NOT_APPLICABLE.get(row["scenario"], {}).get(server)
+                if error is None and reason is not None and per_server and row["scenario"] not in na_shown:
+                    lines.append([row["label"], name, "n/a", "", "", reason, "", "", "", ""])
+                    row_has_na = True
+                    continue
                 if error is None:
                     continue
                 lines.append([row["label"], name, "ERROR", "", "", error[:60], "", "", "", ""])
@@ -508,6 +520,8 @@ def format_table(summary: dict[str, Any], servers: list[str], errors: dict[tuple
             other = f"{entry.get('other_cpu_util', 0.0) * 100:.0f}%"
             if entry.get("noisy_runs"):
                 other += f" !{entry['noisy_runs']}"
+            if row["key"] in INFO_METRICS:  # same runs as the row above: CPU columns would repeat it
+                cpu_s = cpu_c = other = ""
             lines.append(
                 [
                     row["label"],
@@ -522,6 +536,8 @@ def format_table(summary: dict[str, Any], servers: list[str], errors: dict[tuple
                     other,
                 ]
             )
+        if row_has_na:
+            na_shown.add(row["scenario"])
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     right = {2, 4, 5, 6, 7, 9}
 
@@ -551,7 +567,11 @@ def parse_list(text: str, allowed: list[str], what: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="WebSocket server benchmark (see bench/README.md)")
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated scenario numbers (1-6)")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(str(n) for n in SCENARIOS),
+        help=f"comma-separated scenario numbers (1-{max(SCENARIOS)})",
+    )
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from {','.join(SERVERS)}")
     parser.add_argument(
         "--repeat", type=int, default=None, help="repetitions per measurement (default 3; 1 with --quick)"
@@ -645,6 +665,10 @@ def main() -> int:
             for rep in range(repeat):
                 for server_kind in servers:
                     for scenario in scenarios:
+                        reason = NOT_APPLICABLE.get(scenario, {}).get(server_kind)
+                        if reason is not None:
+                            print(f"[{rep + 1}/{repeat}] {server_kind:<10} scenario {scenario}: n/a ({reason})")
+                            continue
                         result = measurer.measure(server_kind, scenario, rep)
                         runs[server_kind][str(scenario)].append(result)
                         if not result.get("ok"):
@@ -674,6 +698,9 @@ def main() -> int:
         },
         "versions": versions(),
         "baseline": BASELINE,
+        "not_applicable": {
+            str(n): NOT_APPLICABLE[n] for n in scenarios if any(k in servers for k in NOT_APPLICABLE.get(n, {}))
+        },
     }
     document = {
         "meta": meta,
@@ -698,8 +725,14 @@ def main() -> int:
     print(table)
     print(
         "\nmedians of the repetitions; 'vs tornado' = median / tornado.websocket's median "
-        "(scenarios 1-4: higher is better; 5-6: lower is better)."
+        "(scenarios 1-4 and 7: higher is better; 5-6: lower is better)."
     )
+    if 7 in scenarios:
+        print(
+            "scenario 7: each library's own permessage-deflate defaults (window bits, zlib level and memLevel "
+            "differ); the 'payload / wire bytes' row is how much each server's echoes shrank (higher = smaller on the "
+            "wire); n/a = the library has no permessage-deflate."
+        )
     print("server CPU / loadgen CPU: CPU time over wall time of the measured phase (100% = one core busy);")
     print("for scenario 6 they are CPU milliseconds per broadcast round.")
     print(

@@ -6,7 +6,9 @@ result is named, measured and compared.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import resource
 from typing import Any, Optional
 
@@ -81,6 +83,22 @@ SCENARIOS: dict[int, dict[str, Any]] = {
         "rounds": 7,
         "warmup_rounds": 2,
     },
+    7: {
+        "title": "4 KiB JSON text echo, permessage-deflate, 20 in flight",
+        "kind": "deflate",
+        "size": 4096,
+        "window": 20,
+        "count": 20_000,
+        "warmup": 1_000,
+        # Distinct messages, sent in turn: far more than the largest deflate window (32 KiB = 8 messages) holds.
+        "pool": 512,
+        "compress": True,
+    },
+}
+
+#: Servers a scenario cannot run on, and why (shown as "n/a" in the table).
+NOT_APPLICABLE: dict[int, dict[str, str]] = {
+    7: {"picows": "no permessage-deflate in picows"},
 }
 
 QUICK_DIVISOR = 10
@@ -94,7 +112,12 @@ METRICS: list[tuple[str, int, str, str, bool]] = [
     ("kib_per_conn", 5, "5  idle connection memory (server RSS)", "KiB/conn", False),
     ("fanout_us", 6, "6  broadcast fan-out inside the server", "us", False),
     ("last_client_us", 6, "6  broadcast until the last client has it", "us", False),
+    ("msgs_per_s", 7, "7  4 KiB JSON echo, deflate, 20 in flight", "msg/s", True),
+    ("echo_compression", 7, "7  deflate: echoes' payload / wire bytes", "x", True),
 ]
+
+#: Rows that describe a measurement above them rather than a speed (no CPU / "limited by" columns).
+INFO_METRICS = {"echo_compression"}
 
 #: Extra rows for scenario 6 measured only on our server (bare sock.send loop).
 FLOOR_METRICS: list[tuple[str, str, str]] = [
@@ -137,6 +160,87 @@ def text_payload(size: int) -> bytes:
         except UnicodeDecodeError:
             data = data[:-1]
     return data + b" " * (size - len(data))
+
+
+_WORDS = (
+    "the a to and of in is it you that for on this with we are be have can not just will do at so "
+    "deploy build test release merge review branch commit fix bug issue ticket customer order invoice payment "
+    "shipping refund account login password session token cache server client request response timeout retry "
+    "latency error warning update version config database query index schema migration backup restore "
+    "meeting tomorrow today yesterday morning afternoon lunch coffee thanks please sorry great good nice "
+    "looks works broken again still already maybe probably definitely soon later now ok yes no sure "
+    "dashboard metrics alert graph spike traffic region cluster node pod container image registry "
+    "café naïve résumé über straße déjà-vu 東京 数据 данные привет 🙂 👍 🚀 ✅"
+).split()
+_ASCII_WORDS = [w for w in _WORDS if w.isascii()]
+_NAMES = [
+    "Alice Martin", "Bob Chen", "Zoë Müller", "Chloé Dubois", "Дмитрий Иванов", "田中 花子", "Ravi Patel",
+    "Sofía García", "Liam O'Brien", "Noah Kim", "Emma Rossi", "Olivia Smith", "Lucas Silva", "Mia Johansson",
+    "Ethan Brown", "Ava Nowak", "Mateo López", "Isla Wilson", "Yusuf Demir", "Hana Sato",
+]
+_CHANNELS = ["general", "random", "engineering", "support-é", "releases", "oncall", "design", "sales"]
+_ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_payload(index: int, size: int = 4096) -> bytes:
+    """Message ``index`` of a chat API: a JSON batch of chat messages, exactly ``size`` bytes of UTF-8.
+
+    Deterministic (seeded by ``index``) and different for every index: the
+    keys repeat from message to message (what a deflate window shared across
+    messages exploits) while ids, timestamps, users and texts vary; texts mix
+    ASCII with 2-, 3- and 4-byte characters. A ``summary`` string of ASCII
+    words fills the batch up to ``size`` exactly. Compresses about 2.8x on
+    its own and about 4-5x with the window kept from the previous messages.
+    """
+    rnd = random.Random(index)
+    ts = 1_790_000_000_000 + index * 1733
+    channel = rnd.randrange(len(_CHANNELS))
+    batch: dict[str, Any] = {
+        "type": "message.batch",
+        "seq": index,
+        "channel": {"id": f"C{channel:04d}", "name": _CHANNELS[channel]},
+        "messages": [],
+        "summary": "",
+    }
+    messages: list[dict[str, Any]] = batch["messages"]
+    while True:
+        user = rnd.randrange(len(_NAMES))
+        messages.append(
+            {
+                "id": "01J" + "".join(rnd.choice(_ULID_ALPHABET) for _ in range(23)),
+                "ts": ts + len(messages) * 211,
+                "user": {
+                    "id": f"U{user:05d}",
+                    "name": _NAMES[user],
+                    "avatar": f"https://cdn.example.com/avatars/U{user:05d}/64.png",
+                    "online": rnd.random() < 0.7,
+                },
+                "text": " ".join(rnd.choice(_WORDS) for _ in range(rnd.randint(4, 28))),
+                "edited": rnd.random() < 0.1,
+                "reactions": [
+                    {"emoji": rnd.choice(["👍", "🎉", "❤️", "😂", "👀"]), "count": rnd.randint(1, 9)}
+                    for _ in range(rnd.choice([0, 0, 1, 2]))
+                ],
+                "reply_count": rnd.choice([0, 0, 0, 1, 2, 5]),
+            }
+        )
+        if len(_dump_json(batch)) > size:
+            messages.pop()
+            break
+    room = size - len(_dump_json(batch))
+    if room < 0:
+        raise ValueError(f"size {size} is too small for a message batch")
+    words: list[str] = []
+    while len(" ".join(words)) < room:
+        words.append(rnd.choice(_ASCII_WORDS))
+    batch["summary"] = " ".join(words)[:room]
+    data = _dump_json(batch)
+    assert len(data) == size
+    return data
 
 
 def binary_payload(size: int) -> bytes:

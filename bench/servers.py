@@ -19,7 +19,12 @@ prints ``PORT <n>`` on stdout and serves until killed:
     is measured against. Other kinds answer ``unsupported``.
 
 Every kind accepts messages of up to 16 MiB, runs on the stock asyncio
-event loop and has compression and keepalive pings off.
+event loop and has keepalive pings off. Compression is off unless
+``--compress`` is given (scenario 7): then the echo endpoint accepts
+permessage-deflate with each library's default settings (ours and
+tornado: ``get_compression_options()`` returns ``{}``; websockets:
+``compression="deflate"``; aiohttp: ``compress=True``; picows has no
+permessage-deflate and refuses to start).
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ def find_broadcast(module: types.ModuleType) -> Optional[Callable[..., Any]]:
     return candidate if callable(candidate) else None
 
 
-async def serve_tornado_family(kind: str, sock: socket.socket) -> None:
+async def serve_tornado_family(kind: str, sock: socket.socket, compress: bool) -> None:
     import tornado.httpserver
     import tornado.web
 
@@ -100,6 +105,9 @@ async def serve_tornado_family(kind: str, sock: socket.socket) -> None:
     clients: set[Any] = set()
 
     class EchoHandler(base):  # type: ignore[misc, valid-type]
+        def get_compression_options(self) -> Optional[dict[str, Any]]:
+            return {} if compress else None
+
         def open(self) -> None:
             clients.add(self)
 
@@ -182,7 +190,7 @@ async def serve_tornado_family(kind: str, sock: socket.socket) -> None:
 # -- websockets -----------------------------------------------------------
 
 
-async def serve_websockets(sock: socket.socket) -> None:
+async def serve_websockets(sock: socket.socket, compress: bool) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
     from websockets.exceptions import ConnectionClosed
 
@@ -218,7 +226,7 @@ async def serve_websockets(sock: socket.socket) -> None:
         handler,
         sock=sock,
         max_size=MAX_MESSAGE_SIZE,
-        compression=None,
+        compression="deflate" if compress else None,
         ping_interval=None,
         backlog=4096,
     ):
@@ -229,13 +237,13 @@ async def serve_websockets(sock: socket.socket) -> None:
 # -- aiohttp --------------------------------------------------------------
 
 
-async def serve_aiohttp(sock: socket.socket) -> None:
+async def serve_aiohttp(sock: socket.socket, compress: bool) -> None:
     from aiohttp import WSMsgType, web
 
     clients: set[web.WebSocketResponse] = set()
 
     async def echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_SIZE, compress=False)
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_SIZE, compress=compress)
         await ws.prepare(request)
         clients.add(ws)
         try:
@@ -373,14 +381,16 @@ async def wait_for_signal() -> None:
         print(f"servers.py: exiting after {LIFETIME:.0f} s", file=sys.stderr)
 
 
-async def main(kind: str, host: str) -> None:
+async def main(kind: str, host: str, compress: bool) -> None:
+    if compress and kind == "picows":
+        raise SystemExit("servers.py: picows has no permessage-deflate (--compress)")
     sock = listen_socket(host)
     if kind in ("ours", "tornado"):
-        await serve_tornado_family(kind, sock)
+        await serve_tornado_family(kind, sock, compress)
     elif kind == "websockets":
-        await serve_websockets(sock)
+        await serve_websockets(sock, compress)
     elif kind == "aiohttp":
-        await serve_aiohttp(sock)
+        await serve_aiohttp(sock, compress)
     elif kind == "picows":
         await serve_picows(sock)
     else:
@@ -392,8 +402,9 @@ if __name__ == "__main__":
     parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--lifetime", type=float, default=LIFETIME, help="exit after this many seconds")
+    parser.add_argument("--compress", action="store_true", help="accept permessage-deflate on / (library defaults)")
     args = parser.parse_args()
     LIFETIME = args.lifetime
     raise_nofile_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(main(args.kind, args.host))
+    asyncio.run(main(args.kind, args.host, args.compress))

@@ -426,13 +426,22 @@ class FeedSpy:
 
 @pytest.fixture
 def feed_spy(monkeypatch: pytest.MonkeyPatch) -> FeedSpy:
-    """Make WebSocketHandler build a Protocol that reports every feed() to the returned spy."""
+    """Make WebSocketHandler build a Protocol that reports every feed() (and every
+    frame_buffer_filled()) to the returned spy."""
     spy = FeedSpy()
 
     class SpyProtocol(Protocol):
         def feed(self, data: bytes) -> list[Any]:
             events = super().feed(data)
             spy.fed += len(data)
+            spy.calls += 1
+            spy._changed.set()
+            return events
+
+        def frame_buffer_filled(self, n: int) -> list[Any]:
+            # Bytes received straight into a large frame's buffer count as fed too.
+            events = super().frame_buffer_filled(n)
+            spy.fed += n
             spy.calls += 1
             spy._changed.set()
             return events

@@ -1343,3 +1343,75 @@ def test_deflate_message_with_bfinal_block_accepted():
     c = zlib.compressobj(6, zlib.DEFLATED, -9)
     comp = c.compress(b"Hello, BFINAL " * 10) + c.flush(zlib.Z_FINISH)
     assert feed_all(p, cf(TEXT, comp, rsv1=True)) == [("text", "Hello, BFINAL " * 10)]
+
+
+# -- receiving large binary frames straight into their buffer -----------------------
+
+
+def _receive_into(p: Protocol, rest: bytes, step: int) -> list:
+    """Write ``rest`` into frame_buffer_space() ``step`` bytes at a time, as the I/O layer does."""
+    events: list = []
+    pos = 0
+    while pos < len(rest):
+        space = p.frame_buffer_space()
+        assert space is not None
+        n = min(step, len(space), len(rest) - pos)
+        space[:n] = rest[pos : pos + n]
+        space.release()
+        events += p.frame_buffer_filled(n)
+        pos += n
+    return events
+
+
+@pytest.mark.parametrize("step", [1, 4093, 65536, 1 << 20])
+def test_large_binary_frame_received_into_its_buffer_is_the_same_message(step):
+    payload = os.urandom(300_000)
+    frame = cf(BINARY, payload, key=KEY2)
+    p = server()
+    head = 14 + 100_000  # the header and a third of the payload arrive through feed()
+    assert p.feed(frame[:head]) == []
+    assert p.frame_buffer_space() is not None  # a quarter is in: the buffer is offered
+    events = _receive_into(p, frame[head:], step)
+    assert [type(e) for e in events] == [Message] and events[0].data == payload
+    assert p.frame_buffer_space() is None
+
+
+def test_frame_buffer_is_not_offered_for_a_bare_header():
+    """A header alone must not make the receiver allocate the announced payload."""
+    p = server()
+    assert p.feed(bytes([0x82, 0xFF]) + struct.pack("!Q", 5_000_000) + KEY) == []
+    assert p.frame_buffer_space() is None
+    assert p.feed(b"x" * 1000) == []
+    assert p.frame_buffer_space() is None
+
+
+def test_frame_buffer_is_not_used_for_text_frames():
+    """Text keeps streaming so that invalid UTF-8 is found as it arrives."""
+    text = ("é" * 100_000).encode()
+    frame = cf(TEXT, text)
+    p = server()
+    assert p.feed(frame[: len(frame) // 2]) == []
+    assert p.frame_buffer_space() is None
+    assert [e.data for e in p.feed(frame[len(frame) // 2 :])] == [text.decode()]
+
+
+def test_frame_buffer_mixes_with_feed_and_fragments():
+    """Fragments, a ping between them, and feed() of the buffered part give one message."""
+    a, b = os.urandom(200_000), os.urandom(150_000)
+    stream = cf(BINARY, a, fin=False) + cf(PING, b"mid") + cf(CONT, b, key=KEY2)
+    p = server()
+    events = p.feed(stream[:100_000])
+    events += _receive_into(p, stream[100_000 : 14 + 200_000], 50_000)
+    events += p.feed(stream[14 + 200_000 :])
+    assert [type(e) for e in events] == [Ping, Message]
+    assert events[1].data == a + b
+
+
+def test_frame_buffer_filled_rejects_more_than_the_frame_has():
+    payload = os.urandom(100_000)
+    p = server()
+    p.feed(cf(BINARY, payload)[:60_000])
+    space = p.frame_buffer_space()
+    assert space is not None
+    with pytest.raises(ValueError):
+        p.frame_buffer_filled(len(space) + 1)

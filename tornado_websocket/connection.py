@@ -165,10 +165,17 @@ class WebSocketConnection:
 
     def start(self) -> None:
         """Start reading and, if configured, keepalive pings."""
+        if self._closed:
+            return  # the peer left while open() ran: on_close has run already
         OPEN_CONNECTIONS.add(self)
         self._read_more()
         if self.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
+
+    @property
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop this connection runs on."""
+        return self._aloop
 
     @property
     def closed(self) -> bool:
@@ -198,8 +205,15 @@ class WebSocketConnection:
                 self._work = 0
                 self._loop.add_callback(self._read_more)
                 return
+            # The rest of a large binary frame is received straight into its buffer.
+            space = self.protocol.frame_buffer_space()
             try:
-                future = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK_SIZE, partial=True))
+                if space is not None:
+                    future: asyncio.Future[Any] = cast(
+                        "asyncio.Future[int]", stream.read_into(space, partial=True)  # type: ignore[arg-type]
+                    )
+                else:
+                    future = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK_SIZE, partial=True))
             except StreamClosedError:
                 self._teardown()
                 return
@@ -209,12 +223,15 @@ class WebSocketConnection:
             if not self._handle_chunk(future):
                 return
 
-    def _on_chunk(self, future: asyncio.Future[bytes]) -> None:
+    def _on_chunk(self, future: asyncio.Future[Any]) -> None:
         if self._handle_chunk(future):
             self._read_more()
 
-    def _handle_chunk(self, future: asyncio.Future[bytes]) -> bool:
-        """Feed one chunk and dispatch its events; False when dispatching goes on later."""
+    def _handle_chunk(self, future: asyncio.Future[Any]) -> bool:
+        """Feed one chunk (bytes, or a count received into the frame buffer) and dispatch its events.
+
+        Returns False when dispatching goes on later.
+        """
         try:
             data = future.result()
         except StreamClosedError:
@@ -224,8 +241,12 @@ class WebSocketConnection:
             app_log.error("Unexpected error reading a WebSocket", exc_info=True)
             self.abort()
             return False
-        self._work += len(data) >> BYTE_WORK_SHIFT
-        events = self.protocol.feed(data)
+        if type(data) is int:
+            self._work += data >> BYTE_WORK_SHIFT
+            events = self.protocol.frame_buffer_filled(data)
+        else:
+            self._work += len(data) >> BYTE_WORK_SHIFT
+            events = self.protocol.feed(data)
         return self._dispatch(events, 0) if events else True
 
     def _dispatch(self, events: list[Event], start: int) -> bool:

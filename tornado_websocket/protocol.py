@@ -34,6 +34,8 @@ from tornado_websocket.frames import (
 )
 
 DEFAULT_MAX_MESSAGE_SIZE = 10 * 1024 * 1024
+# Binary frames from this size on are gathered into one buffer instead of streamed in pieces.
+DIRECT_FRAME_MIN = 64 * 1024
 
 _new_utf8_decoder: Callable[[], codecs.IncrementalDecoder] = codecs.getincrementaldecoder(
     "utf-8"
@@ -128,6 +130,11 @@ class Protocol:
         "_frame_remaining",
         "_frame_fin",
         "_frame_mask",
+        "_frame_buf",
+        "_frame_filled",
+        "_frame_length",
+        "_frame_direct",
+        "_frame_raw",
     )
 
     def __init__(
@@ -154,6 +161,12 @@ class Protocol:
         self._frame_remaining = 0
         self._frame_fin = False
         self._frame_mask = b""
+        # The payload buffer of a large binary frame (see frame_buffer_space).
+        self._frame_buf: Optional[bytearray] = None
+        self._frame_filled = 0
+        self._frame_length = 0
+        self._frame_direct = False  # a large uncompressed binary frame, which may use _frame_buf
+        self._frame_raw: list[bytes] = []  # its masked pieces before _frame_buf exists
 
     # -- receiving ---------------------------------------------------------
 
@@ -192,6 +205,8 @@ class Protocol:
     def _stop(self) -> None:
         self._stopped = True
         self._buf = bytearray()
+        self._frame_buf = None
+        self._frame_raw = []
         self._msg_parts = []
         self._decoder = None
 
@@ -203,6 +218,21 @@ class Protocol:
             if self._frame_remaining:
                 # Inside the payload of a data frame: take what is there.
                 take = min(end - pos, self._frame_remaining)
+                if self._frame_buf is not None:
+                    filled = self._frame_filled
+                    self._frame_buf[filled : filled + take] = buf[pos : pos + take]
+                    pos += take
+                    self._frame_filled_in(take, events)
+                    continue
+                if self._frame_direct:
+                    # A large binary frame: keep the pieces masked, to unmask the whole
+                    # payload at once (see frame_buffer_space).
+                    self._frame_raw.append(bytes(buf[pos : pos + take]))
+                    pos += take
+                    self._frame_remaining -= take
+                    if not self._frame_remaining:
+                        self._frame_complete(b"".join(self._frame_raw), events)
+                    continue
                 chunk = bytes(buf[pos : pos + take])
                 pos += take
                 self._frame_remaining -= take
@@ -288,9 +318,60 @@ class Protocol:
             self._frame_remaining = length
             self._frame_fin = bool(fin)
             self._frame_mask = mask
+            self._frame_length = length
+            self._frame_direct = length >= DIRECT_FRAME_MIN and self._decoder is None and not self._msg_compressed
             if length == 0:
                 self._message_data(b"", bool(fin), events)
         return pos
+
+    def frame_buffer_space(self) -> Optional[memoryview]:
+        """Where the rest of a large binary frame's payload goes, for receiving straight into it.
+
+        ``None`` unless a binary frame of at least 64 KiB is at least a quarter received.
+        After writing ``n`` bytes at the start of the view, call
+        :meth:`frame_buffer_filled`. Lets the I/O layer skip its own buffer
+        copies for large messages; :meth:`feed` works as well.
+        """
+        if self._stopped or not self._frame_remaining:
+            return None
+        if self._frame_buf is None:
+            received = self._frame_length - self._frame_remaining
+            if not self._frame_direct or received * 3 < self._frame_remaining:
+                return None
+            # A quarter of a large binary frame is in: gather the whole payload in one
+            # buffer (not sooner, so that a bare header cannot make us allocate it).
+            self._frame_buf = bytearray(self._frame_length)
+            self._frame_buf[:received] = b"".join(self._frame_raw)
+            self._frame_raw = []
+            self._frame_filled = received
+        return memoryview(self._frame_buf)[self._frame_filled :]
+
+    def frame_buffer_filled(self, n: int) -> list[Event]:
+        """Account for ``n`` bytes received into :meth:`frame_buffer_space`; return the events."""
+        events: list[Event] = []
+        if n <= 0 or self._frame_buf is None:
+            return events
+        if n > self._frame_remaining:
+            raise ValueError("more bytes than the frame has left")
+        self._frame_filled_in(n, events)
+        return events
+
+    def _frame_filled_in(self, n: int, events: list[Event]) -> None:
+        """``n`` more payload bytes are in the frame buffer; finish the frame when it is full."""
+        self._frame_filled += n
+        self._frame_remaining -= n
+        if self._frame_remaining:
+            return
+        assert self._frame_buf is not None
+        payload = bytes(self._frame_buf)
+        self._frame_buf = None
+        self._frame_complete(payload, events)
+
+    def _frame_complete(self, masked_payload: bytes, events: list[Event]) -> None:
+        """The whole (still masked) payload of a large binary frame is in."""
+        self._frame_raw = []
+        payload = apply_mask(self._frame_mask, masked_payload) if self._frame_mask else masked_payload
+        self._message_data(payload, self._frame_fin, events)
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
         """Raise :class:`ProtocolError` for a frame header that may not be accepted."""

@@ -30,13 +30,19 @@ async def shutdown(
     as returned by ``Application.listen``). Each open connection gets a Close
     frame with ``code`` and ``reason``; the call returns once every one has
     completed its close handshake, or after ``timeout`` seconds, when those
-    still open are dropped. Client connections are closed too with
+    still open are dropped (their ``on_close`` has run when it returns). Only
+    connections of the running event loop are touched. Client connections are closed too with
     ``include_clients``. Returns how many connections were closed. Raises
     ``ValueError`` for a code that may not be sent.
     """
     for server in servers:
         server.stop()
-    connections = [c for c in list(OPEN_CONNECTIONS) if include_clients or not c.protocol.is_client]
+    loop = asyncio.get_running_loop()
+    connections = [
+        c
+        for c in list(OPEN_CONNECTIONS)
+        if c.event_loop is loop and not c.closed and (include_clients or not c.protocol.is_client)
+    ]
     for connection in connections:
         connection.close(code, reason)
     waiters: Iterable[asyncio.Future[None]] = [c.wait_closed() for c in connections]
@@ -46,4 +52,6 @@ async def shutdown(
             for connection in connections:
                 if not connection.closed:
                     connection.abort()
+            # The stream runs its close callbacks (and so on_close) on the next loop turn.
+            await asyncio.wait(pending, timeout=1.0)
     return len(connections)
