@@ -164,7 +164,7 @@ async def test_end_of_input_closes_cleanly(url, cli, signal):
     assert await read_line(process) == "echo: one"
     end_input(process)
     code, rest, err = await finish(process)
-    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, "")
+    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, None)
     assert code == 0, err
     assert rest == "" and err == ""
 
@@ -175,7 +175,7 @@ async def test_end_of_input_right_away_closes_cleanly(url, cli, signal):
     code, out, err = await finish(process)
     assert code == 0, err
     assert out == "" and err == ""
-    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, "")
+    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, None)
     assert signal.count("message") == 0
 
 
@@ -287,7 +287,7 @@ async def test_server_close_while_input_is_open_exits_0(url, cli, signal):
     await send_line(process, "hello")
     assert await read_line(process) == "echo: hello"
     await send_line(process, "bye")
-    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, "")
+    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, None)
     # stdin stays open: the process must still end once the server closed.
     code, out, err = await finish(process, EXIT_TIMEOUT)
     assert code == 0, err
@@ -297,7 +297,7 @@ async def test_server_close_while_input_is_open_exits_0(url, cli, signal):
 async def test_server_close_then_end_of_input_exits_0(url, cli, signal):
     process = await cli(url)
     await send_line(process, "bye")
-    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, "")
+    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, None)
     end_input(process)
     code, out, err = await finish(process)
     assert code == 0, err
@@ -307,7 +307,7 @@ async def test_server_close_then_end_of_input_exits_0(url, cli, signal):
 async def test_server_close_with_error_code_exits_1(url, cli, signal):
     process = await cli(url)
     await send_line(process, "go away")
-    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (4001, "")
+    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (4001, None)
     # stdin stays open.
     code, out, err = await finish(process, EXIT_TIMEOUT)
     assert code == 1
@@ -321,7 +321,7 @@ async def test_sigint_closes_cleanly_and_exits_0(url, cli, signal):
     await send_line(process, "hello")
     assert await read_line(process) == "echo: hello"
     process.send_signal(signals.SIGINT)
-    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, "")
+    assert (await signal.wait("close", timeout=PROCESS_TIMEOUT))[0] == (1000, None)
     code, out, err = await finish(process, EXIT_TIMEOUT)
     assert code == 0, err
 

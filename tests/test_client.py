@@ -203,7 +203,7 @@ async def test_read_message_returns_none_after_close(echo_url, clients, signal):
     assert conn.closed
     assert await bounded(conn.read_message()) is None
     assert await bounded(conn.read_message()) is None
-    assert (await signal.wait("close"))[0] == (1000, "")
+    assert (await signal.wait("close"))[0] == (1000, None)
 
 
 async def test_read_message_callback_gets_the_future(echo_url, clients):
@@ -1140,7 +1140,7 @@ async def test_compression_round_trip_with_our_server(harness, clients, signal):
     assert signal.values["message"] == messages
     conn.close()
     await bounded(conn.wait_closed())
-    assert (await signal.wait("close"))[0] == (1000, "")
+    assert (await signal.wait("close"))[0] == (1000, None)
 
 
 async def test_compression_offer_declined_by_server_runs_uncompressed(echo_url, clients):
@@ -1163,7 +1163,7 @@ async def test_compressed_conversation_with_context_takeover(harness, clients, s
     assert [json.loads(m)["n"] for m in signal.values["message"]] == list(range(100))
     conn.close()
     await bounded(conn.wait_closed())
-    assert (await signal.wait("close"))[0] == (1000, "")
+    assert (await signal.wait("close"))[0] == (1000, None)
 
 
 async def test_client_compresses_on_the_wire(clients):

@@ -325,7 +325,7 @@ class WebSocketConnection:
 
     def _on_close_received(self, event: CloseReceived) -> None:
         self.close_code = event.code
-        self.close_reason = event.reason
+        self.close_reason = event.reason or None  # as Tornado: None when the frame had no reason
         if not self.protocol.close_sent:
             self._write(self.protocol.encode_close(event.code, ""))
         self._finish_close_handshake()
