@@ -163,7 +163,7 @@ class Pipeline(WSListener):  # type: ignore[misc]
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 #: The end of a deflate sync flush, removed from every compressed message (RFC 7692 section 7.2.1).
 SYNC_TAIL = b"\x00\x00\xff\xff"
-#: The client's zlib settings (Chromium's: default level, memLevel 8; the window is what the server allows).
+#: The client's zlib settings (zlib's defaults, level 6 and memLevel 8; the window is what the server allows).
 CLIENT_LEVEL = 6
 CLIENT_MEM_LEVEL = 8
 

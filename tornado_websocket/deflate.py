@@ -45,7 +45,7 @@ class DeflateOptions:
     costs per connection.
     """
 
-    compression_level: int = 6
+    compression_level: int = 1
     mem_level: int = 5
     server_max_window_bits: int = 13
     client_max_window_bits: int = 13
