@@ -15,7 +15,6 @@ import urllib.parse
 import warnings
 from typing import Any, Awaitable, Callable, Optional, Union
 
-from tornado.escape import json_encode
 from tornado.httpclient import HTTPRequest
 from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.ioloop import IOLoop
@@ -112,14 +111,9 @@ class WebSocketClientConnection:
         Returns a future that completes when the frame is handed to the
         socket. Raises :class:`WebSocketClosedError` once closing.
         """
-        connection = self._connection
-        if connection is None or connection.is_closing:
-            raise WebSocketClosedError("the WebSocket is closed")
-        if isinstance(message, dict):
-            message = json_encode(message)
-        elif not isinstance(message, (str, bytes)):
-            raise TypeError(f"cannot send {type(message).__name__}; send str, bytes or dict")
-        return connection.write_message(message, binary)
+        if self._connection is None:
+            raise WebSocketClosedError("the WebSocket is not open")
+        return self._connection.write_message(message, binary)
 
     send_message = write_message
 
@@ -128,10 +122,9 @@ class WebSocketClientConnection:
 
         Raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` once closing.
         """
-        connection = self._connection
-        if connection is None or connection.is_closing:
-            raise WebSocketClosedError("the WebSocket is closed")
-        return connection.ping(data.encode("utf-8") if isinstance(data, str) else data)
+        if self._connection is None:
+            raise WebSocketClosedError("the WebSocket is not open")
+        return self._connection.ping(data)
 
     def close(self, code: Optional[int] = None, reason: Optional[str] = None) -> None:
         """Start the close handshake (1000 by default); a no-op once closing.

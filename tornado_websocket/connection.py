@@ -15,6 +15,7 @@ import socket
 from typing import Any, Awaitable, Callable, Optional, Sequence, Union, cast
 
 from tornado import gen
+from tornado.escape import json_encode, utf8
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.log import app_log, gen_log
@@ -528,13 +529,19 @@ class WebSocketConnection:
             sent = 0
         return rest
 
-    def write_message(self, message: Union[str, bytes], binary: bool = False) -> asyncio.Future[None]:
-        """Send one message; the future completes when it is handed to the socket.
+    def write_message(self, message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> asyncio.Future[None]:
+        """Send one message: ``str`` as text, ``bytes`` as binary if ``binary`` else text, a dict as JSON.
 
-        Raises :class:`WebSocketClosedError` once closing.
+        The future completes when the frame is handed to the socket. Raises
+        :class:`WebSocketClosedError` once closing, ``TypeError`` for other
+        message types.
         """
-        if self._closed:
-            raise WebSocketClosedError("the connection is closed")
+        if self.is_closing:
+            raise WebSocketClosedError("the WebSocket is closed")
+        if isinstance(message, dict):
+            message = json_encode(message)
+        elif not isinstance(message, (str, bytes)):
+            raise TypeError(f"cannot send {type(message).__name__}; send str, bytes or dict")
         if len(message) >= GATHER_MIN_BYTES:
             header, payload = self.protocol.encode_message_parts(message, binary)
             self._write(header)
@@ -560,14 +567,15 @@ class WebSocketConnection:
             except StreamClosedError:
                 pass
 
-    def ping(self, data: bytes = b"") -> asyncio.Future[float]:
+    def ping(self, data: Union[str, bytes] = b"") -> asyncio.Future[float]:
         """Send a ping; the future gives the round-trip time in seconds when the pong arrives.
 
-        Raises ``ValueError`` over 125 bytes and :class:`WebSocketClosedError`
-        once closing.
+        ``str`` data is UTF-8 encoded. Raises ``ValueError`` over 125 bytes
+        and :class:`WebSocketClosedError` once closing.
         """
-        if self._closed:
-            raise WebSocketClosedError("the connection is closed")
+        if self.is_closing:
+            raise WebSocketClosedError("the WebSocket is closed")
+        data = utf8(data)
         frame = self.protocol.encode_ping(data)
         future: asyncio.Future[float] = self._aloop.create_future()
         self._pings.append((bytes(data), future, self._loop.time()))

@@ -16,7 +16,6 @@ import urllib.parse
 from typing import Any, Awaitable, Callable, NoReturn, Optional, Union
 
 import tornado.web
-from tornado.escape import json_encode, utf8
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.iostream import IOStream
 from tornado.log import app_log, gen_log
@@ -338,14 +337,9 @@ class WebSocketHandler(tornado.web.RequestHandler):
         socket. Raises :class:`WebSocketClosedError` once the connection is
         closing or closed.
         """
-        connection = self._connection
-        if connection is None or connection.is_closing:
-            raise WebSocketClosedError("the WebSocket is closed")
-        if isinstance(message, dict):
-            message = json_encode(message)
-        elif not isinstance(message, (str, bytes)):
-            raise TypeError(f"cannot send {type(message).__name__}; send str, bytes or dict")
-        return connection.write_message(message, binary)
+        if self._connection is None:
+            raise WebSocketClosedError("the WebSocket is not open")
+        return self._connection.write_message(message, binary)
 
     send_message = write_message
 
@@ -355,10 +349,9 @@ class WebSocketHandler(tornado.web.RequestHandler):
         Raises ``ValueError`` over 125 bytes and :class:`WebSocketClosedError`
         once closing.
         """
-        connection = self._connection
-        if connection is None or connection.is_closing:
-            raise WebSocketClosedError("the WebSocket is closed")
-        return connection.ping(utf8(data))
+        if self._connection is None:
+            raise WebSocketClosedError("the WebSocket is not open")
+        return self._connection.ping(data)
 
     def on_ping(self, data: bytes) -> None:
         """Called when a ping arrives (the pong is sent for you)."""
