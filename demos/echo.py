@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import Any
 
 import tornado.web
@@ -99,12 +98,7 @@ async def main() -> None:
         "an exact echo (permessage-deflate, 64 MiB messages) at /echo and at / for WebSocket clients",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    closed = await tornado_websocket.shutdown(server, timeout=5.0)
+    closed = await tornado_websocket.shutdown_on_signal(server, timeout=5.0)
     print(f"Stopped; closed {closed} WebSocket connection(s) with 1001", flush=True)
 
 

@@ -16,7 +16,7 @@ from tornado_websocket.errors import (
 )
 from tornado_websocket.frames import CloseCode, Opcode
 from tornado_websocket.handler import WebSocketHandler
-from tornado_websocket.shutdown import shutdown
+from tornado_websocket.shutdown import shutdown, shutdown_on_signal
 
 __version__ = "0.1.0"
 
@@ -35,4 +35,5 @@ __all__ = [
     "__version__",
     "broadcast",
     "shutdown",
+    "shutdown_on_signal",
 ]

@@ -127,24 +127,23 @@ class Hub:
     def unsubscribe(self, channel: str, target: Any) -> None:
         """Stop sending ``channel`` to a connection (a no-op if it was not subscribed)."""
         connection = _as_connection(target)
-        members = self._channels.get(channel)
-        if members is not None:
-            members.discard(connection)
-            if not members:
-                del self._channels[channel]
-                self.backend.channel_removed(channel)
+        self._leave(channel, connection)
         channels = self._subscriptions.get(connection)
         if channels is not None:
             channels.discard(channel)
 
     def _forget(self, connection: WebSocketConnection) -> None:
         for channel in self._subscriptions.pop(connection, set()):
-            members = self._channels.get(channel)
-            if members is not None:
-                members.discard(connection)
-                if not members:
-                    del self._channels[channel]
-                    self.backend.channel_removed(channel)
+            self._leave(channel, connection)
+
+    def _leave(self, channel: str, connection: WebSocketConnection) -> None:
+        """Take ``connection`` out of ``channel``; drop the channel when it empties."""
+        members = self._channels.get(channel)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del self._channels[channel]
+                self.backend.channel_removed(channel)
 
     def subscribers(self, channel: str) -> int:
         """How many connections of this process are subscribed to ``channel``."""

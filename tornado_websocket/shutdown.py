@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,3 +56,24 @@ async def shutdown(
             # The stream runs its close callbacks (and so on_close) on the next loop turn.
             await asyncio.wait(pending, timeout=1.0)
     return len(connections)
+
+
+async def shutdown_on_signal(
+    *servers: Any, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM), **options: Any
+) -> int:
+    """Wait for one of ``signals`` (SIGINT, SIGTERM), then :func:`shutdown` ``servers``.
+
+    ``options`` go to :func:`shutdown`; returns what it returns. Must run on
+    the main thread (signal handlers are installed on the running loop).
+    """
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    installed = list(signals)
+    for sig in installed:
+        loop.add_signal_handler(sig, received.set)
+    try:
+        await received.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return await shutdown(*servers, **options)

@@ -43,7 +43,6 @@ import json
 import logging
 import re
 import secrets
-import signal
 import time
 import unicodedata
 from collections import deque
@@ -760,12 +759,7 @@ async def main(argv: Optional[Sequence[str]] = None) -> None:
     where = f"Redis at {args.redis}" if args.redis else "this process only"
     print(f"Chat demo on http://{args.address}:{args.port}/ (rooms shared with {where})", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    closed = await tornado_websocket.shutdown(server, timeout=5.0)
+    closed = await tornado_websocket.shutdown_on_signal(server, timeout=5.0)
     await chat.close()
     print(f"Stopped; closed {closed} WebSocket connection(s) with 1001", flush=True)
 
