@@ -107,7 +107,7 @@ class WebSocketConnection:
         "_aloop",
         "_work",
         "_failed",
-        "_closed_future",
+        "_closed_waiter",
         "_close_callbacks",
         "max_write_buffer_size",
         "_batch",
@@ -144,7 +144,7 @@ class WebSocketConnection:
         self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
         self._work = 0  # bytes and events handled since the loop last ran other callbacks
         self._failed = False  # user code raised: messages still queued in a chunk are dropped
-        self._closed_future: Optional[asyncio.Future[None]] = None
+        self._closed_waiter: Optional[asyncio.Future[None]] = None
         self._close_callbacks: Optional[list[Callable[[WebSocketConnection], None]]] = None
         #: Bytes the IOStream may hold for a peer that does not read before the connection is dropped.
         self.max_write_buffer_size = max_write_buffer_size
@@ -399,9 +399,9 @@ class WebSocketConnection:
 
     def wait_closed(self) -> asyncio.Future[None]:
         """A future that completes when the TCP connection is gone (at once if it is)."""
-        future = self._closed_future
+        future = self._closed_waiter
         if future is None:
-            future = self._closed_future = self._aloop.create_future()
+            future = self._closed_waiter = self._aloop.create_future()
             if self._closed:
                 future.set_result(None)
         return future
@@ -411,8 +411,8 @@ class WebSocketConnection:
             return
         self._closed = True
         OPEN_CONNECTIONS.discard(self)
-        if self._closed_future is not None and not self._closed_future.done():
-            self._closed_future.set_result(None)
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
         loop = self._loop
         if self._close_timer is not None:
             loop.remove_timeout(self._close_timer)
