@@ -626,7 +626,6 @@ def test_negotiate_other_extensions_ignored():
 @pytest.mark.parametrize(
     "options",
     [
-        {"bogus": 1},
         {"max_window_bits": 8},
         {"server_max_window_bits": 16},
         {"client_max_window_bits": 7},
@@ -956,3 +955,11 @@ def test_decompress_garbage_raises_deflate_error():
     _, ext = negotiate_server(ext_list(PMD), {})
     with pytest.raises(deflate.DeflateError):
         ext.decompress(b"\xff\xff\xff", True, None)
+
+
+def test_unknown_compression_options_are_ignored_with_a_warning(caplog):
+    """As Tornado does: an unknown key does not break every handshake (it is logged)."""
+    with caplog.at_level("WARNING", logger="tornado.general"):
+        opts = DeflateOptions.from_dict({"bogus": 1, "compression_level": 3})
+    assert opts.compression_level == 3
+    assert any("bogus" in r.getMessage() for r in caplog.records)

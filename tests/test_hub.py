@@ -427,7 +427,7 @@ async def test_slow_consumer_is_closed_with_1013_while_others_get_everything(har
         await bounded(hub.publish("room", message))
         published.append(message)
         assert await bounded(reader.recv()) == message  # the reading subscriber keeps up, message by message
-        if slow_connection.is_closing:
+        if slow_connection.is_closing():
             break
     else:
         pytest.fail(f"the hub never closed the client that does not read ({max_messages} messages of 128 KiB)")

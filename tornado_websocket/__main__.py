@@ -102,6 +102,7 @@ async def main(argv: Optional[list[str]] = None) -> int:
     reader = asyncio.ensure_future(_print_messages(conn, stop))
     asyncio.ensure_future(_pump_stdin(conn, stop))
     await stop.wait()
+    ended_by_peer = conn.closed
     conn.close(1000, "")
     try:
         await asyncio.wait_for(conn.wait_closed(), 10)
@@ -109,6 +110,9 @@ async def main(argv: Optional[list[str]] = None) -> int:
         print("error: the server did not complete the close handshake", file=sys.stderr)
         return 1
     await asyncio.wait_for(reader, 5)
+    if conn.close_code is None and ended_by_peer:
+        print("error: the connection ended without a close handshake", file=sys.stderr)
+        return 1
     if conn.close_code not in (1000, 1001, None):
         print(f"closed by the server with {conn.close_code} {conn.close_reason or ''}".rstrip(), file=sys.stderr)
         return 1

@@ -40,7 +40,7 @@ def broadcast(connections: Iterable[Any], message: Union[str, bytes, dict[str, A
     sent = 0
     for item in connections:
         connection = item if isinstance(item, WebSocketConnection) else getattr(item, "_connection", None)
-        if connection is None or connection.is_closing:
+        if connection is None or connection.is_closing():
             continue
         protocol = connection.protocol
         if protocol.is_client or protocol.deflate is not None:

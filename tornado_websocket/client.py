@@ -69,6 +69,12 @@ class WebSocketClientConnection:
         connection.start()
 
     @property
+    def protocol(self) -> Optional[WebSocketConnection]:
+        """The connection while it is open, ``None`` once closed (Tornado's client has the same check)."""
+        connection = self._connection
+        return None if connection is None or connection.closed else connection
+
+    @property
     def stream(self) -> Optional[IOStream]:
         """The underlying IOStream (as on Tornado's client), ``None`` before the handshake."""
         return self._connection.stream if self._connection is not None else None
@@ -334,7 +340,7 @@ async def _connect(
         Protocol(True, max_message_size, compressor),
         client,
         ping_interval=ping_interval,
-        ping_timeout=ping_interval if ping_timeout is None else ping_timeout,
+        ping_timeout=ping_timeout,
     )
     stream.set_nodelay(True)
     client._attach(connection)

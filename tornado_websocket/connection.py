@@ -11,6 +11,7 @@ share it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 from typing import Any, Awaitable, Callable, Optional, Sequence, Union, cast
 
@@ -20,7 +21,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.log import app_log, gen_log
 
-from tornado_websocket.errors import WebSocketClosedError
+from tornado_websocket.errors import WebSocketClosedError, WebSocketError
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.protocol import (
     CloseReceived,
@@ -51,6 +52,7 @@ GATHER_MIN_BYTES = 64 * 1024
 MAX_GATHER = 64
 DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_MAX_WRITE_BUFFER_SIZE = 16 * 1024 * 1024
+MAX_PENDING_PINGS = 64  # pings awaiting a pong; past it the oldest fails
 
 #: Every connection between ``start()`` and the end of its TCP connection (see :mod:`.shutdown`).
 OPEN_CONNECTIONS: set[WebSocketConnection] = set()
@@ -90,7 +92,8 @@ class WebSocketConnection:
 
     ``ping_interval`` (seconds, ``None`` or 0 for none) sends keepalive pings;
     when ``ping_timeout`` is positive a pong must follow each within that
-    time or the connection is dropped. ``close_timeout`` bounds how long a
+    time or the connection is dropped. As in Tornado, ``ping_timeout``
+    defaults to the interval and is capped to it; 0 disables it. ``close_timeout`` bounds how long a
     close handshake may take before TCP is dropped.
     """
 
@@ -135,7 +138,17 @@ class WebSocketConnection:
         self.protocol = protocol
         self.owner = owner
         self.ping_interval = ping_interval or 0.0
-        self.ping_timeout = ping_timeout or 0.0
+        if ping_timeout is None:
+            ping_timeout = self.ping_interval
+        elif self.ping_interval and ping_timeout > self.ping_interval:
+            gen_log.warning(
+                "The WebSocket ping timeout (%s) cannot be longer than the ping interval (%s); using %s",
+                ping_timeout,
+                self.ping_interval,
+                self.ping_interval,
+            )
+            ping_timeout = self.ping_interval
+        self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
         #: The code and reason of the peer's Close frame (``None`` until one arrives).
         self.close_code: Optional[int] = None
@@ -183,7 +196,6 @@ class WebSocketConnection:
         """True once the TCP connection is gone."""
         return self._closed
 
-    @property
     def is_closing(self) -> bool:
         """True once we sent a Close frame (ours or the echo of the peer's) or TCP is gone.
 
@@ -242,6 +254,7 @@ class WebSocketConnection:
             app_log.error("Unexpected error reading a WebSocket", exc_info=True)
             self.abort()
             return False
+        self._failed = False  # a user error drops the rest of its own read only
         if type(data) is int:
             self._work += data >> BYTE_WORK_SHIFT
             events = self.protocol.frame_buffer_filled(data)
@@ -272,7 +285,7 @@ class WebSocketConnection:
                     except (Exception, asyncio.CancelledError):
                         self._user_error("on_message")
                         continue
-                    if result is not None:
+                    if result is not None and inspect.isawaitable(result):
                         self._pause(result, events, index + 1)
                         return False
                 elif cls is Ping:
@@ -366,7 +379,7 @@ class WebSocketConnection:
         if self._close_timer is None and not self._closed:
             self._close_timer = self._loop.call_later(self.close_timeout, self.abort)
 
-    def close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+    def close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: Optional[str] = "") -> None:
         """Start (or complete) the close handshake; a no-op if we already sent a close.
 
         Raises ``ValueError`` for a code that may not be sent or a reason over
@@ -374,7 +387,7 @@ class WebSocketConnection:
         """
         if self._closed or self.protocol.close_sent:
             return
-        frame = self.protocol.encode_close(code, reason)
+        frame = self.protocol.encode_close(code, reason or "")
         self._write(frame)
         if self.protocol.close_received:
             self._finish_close_handshake()
@@ -427,6 +440,7 @@ class WebSocketConnection:
                 _silence(future)
         if not self.stream.closed():
             self.stream.close()
+        self.protocol.release()
         callbacks, self._close_callbacks = self._close_callbacks or [], None
         for callback in callbacks:
             try:
@@ -536,7 +550,7 @@ class WebSocketConnection:
         :class:`WebSocketClosedError` once closing, ``TypeError`` for other
         message types.
         """
-        if self.is_closing:
+        if self.is_closing():
             raise WebSocketClosedError("the WebSocket is closed")
         if isinstance(message, dict):
             message = json_encode(message)
@@ -544,6 +558,8 @@ class WebSocketConnection:
             raise TypeError(f"cannot send {type(message).__name__}; send str, bytes or dict")
         if len(message) >= GATHER_MIN_BYTES:
             header, payload = self.protocol.encode_message_parts(message, binary)
+            if self._batch is None:
+                return self._send(header, payload)
             self._write(header)
             return self._write(payload)
         return self._write(self.protocol.encode_message(message, binary))
@@ -551,7 +567,7 @@ class WebSocketConnection:
     def send_frame_nowait(self, frame: bytes) -> None:
         """Send an already encoded frame with no future (see :mod:`tornado_websocket.broadcast`).
 
-        The caller checks :attr:`is_closing` first. Inside a dispatch the
+        The caller checks :meth:`is_closing` first. Inside a dispatch the
         frame joins the batch, so it keeps its place after earlier writes.
         """
         batch = self._batch
@@ -573,12 +589,18 @@ class WebSocketConnection:
         ``str`` data is UTF-8 encoded. Raises ``ValueError`` over 125 bytes
         and :class:`WebSocketClosedError` once closing.
         """
-        if self.is_closing:
+        if self.is_closing():
             raise WebSocketClosedError("the WebSocket is closed")
         data = utf8(data)
         frame = self.protocol.encode_ping(data)
         future: asyncio.Future[float] = self._aloop.create_future()
-        self._pings.append((bytes(data), future, self._loop.time()))
+        pings = self._pings
+        if len(pings) >= MAX_PENDING_PINGS:  # a peer that never answers: forget the oldest
+            _, oldest, _ = pings.pop(0)
+            if not oldest.done():
+                oldest.set_exception(WebSocketError("no pong came before more pings were sent"))
+                _silence(oldest)
+        pings.append((data, future, self._loop.time()))
         self._write(frame)
         return future
 
@@ -601,7 +623,7 @@ class WebSocketConnection:
     def _keepalive(self) -> None:
         """Send a keepalive ping; with a ping timeout, drop the peer if no pong follows."""
         self._ping_timer = None
-        if self.is_closing:
+        if self.is_closing():
             return
         future = self.ping(b"")
         if self.ping_timeout > 0:

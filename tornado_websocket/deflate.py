@@ -14,6 +14,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from tornado.log import gen_log
+
 from tornado_websocket.errors import ProtocolError
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.handshake import ExtensionOffer, ExtensionParams, format_extension
@@ -55,7 +57,9 @@ class DeflateOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> DeflateOptions:
-        """Build options from a dict; raises ``ValueError`` for unknown keys or out-of-range values.
+        """Build options from a dict; raises ``ValueError`` for out-of-range values.
+
+        Unknown keys are logged and ignored, as Tornado does.
 
         ``max_window_bits`` sets both window sizes, ``no_context_takeover`` both flags.
         """
@@ -70,7 +74,10 @@ class DeflateOptions:
             options.setdefault("client_no_context_takeover", flag)
         unknown = set(options) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown compression options: {', '.join(sorted(unknown))}")
+            # Tornado ignores keys it does not know; do the same, but say so.
+            gen_log.warning("ignoring unknown compression options: %s", ", ".join(sorted(unknown)))
+            for name in unknown:
+                del options[name]
         result = cls(**options)
         for name in ("server_max_window_bits", "client_max_window_bits"):
             if not 9 <= getattr(result, name) <= 15:

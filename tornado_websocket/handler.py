@@ -117,7 +117,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
             protocol,
             self,
             ping_interval=interval,
-            ping_timeout=interval if timeout is None else timeout,
+            ping_timeout=timeout,
             max_write_buffer_size=self.max_write_buffer_size,
         )
         self._connection = self.ws_connection = connection
@@ -126,7 +126,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
             result = self.open(*args, **kwargs)
             if result is not None:
                 await result
-        except Exception:
+        except (Exception, asyncio.CancelledError):
             app_log.error("Uncaught exception in WebSocket open", exc_info=True)
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         connection.start()
@@ -375,6 +375,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
         connection = self._connection
         if connection is not None:
             connection.close(CloseCode.NORMAL_CLOSURE if code is None else code, reason or "")
+            self.ws_connection = None  # as Tornado: the handler no longer offers the connection
 
     def set_nodelay(self, value: bool) -> None:
         """Set TCP_NODELAY (on by default here: frames are already coalesced per write)."""
@@ -405,6 +406,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
             self._inbox.close()
         if not self._on_close_called:
             self._on_close_called = True
+            self._message_callback = None  # often a bound method of self: break the cycle
             try:
                 self.on_close()
             finally:

@@ -112,7 +112,7 @@ class Hub:
         connection = _as_connection(target)
         if connection.closed:
             # The peer left (say, while on_message awaited): nothing to deliver to.
-            return self.backend.channel_added(channel) if channel in self._channels else _resolved()
+            return _resolved()
         members = self._channels.get(channel)
         if members is None:
             members = self._channels[channel] = set()
@@ -167,7 +167,7 @@ class Hub:
         limit = self.max_pending_bytes
         keep = []
         for connection in members:
-            if connection.is_closing:
+            if connection.is_closing():
                 continue
             pending = connection.stream._write_buffer
             if pending is not None and len(pending) > limit:
@@ -247,6 +247,14 @@ class RedisBackend:
 
     def channel_removed(self, channel: str) -> None:
         self._wanted.discard(channel)
+        self._release_waiters(channel)
+
+    def _release_waiters(self, channel: Optional[str] = None) -> None:
+        """Complete the subscribe futures of ``channel`` (of every channel if None): nobody waits any more."""
+        for name in [channel] if channel is not None else list(self._ready):
+            for future in self._ready.pop(name, []):
+                if not future.done():
+                    future.set_result(None)
 
     async def publish(self, channel: str, message: Message) -> None:
         payload = self.TEXT + message.encode("utf-8") if isinstance(message, str) else self.BINARY + message
@@ -330,6 +338,7 @@ class RedisBackend:
 
     async def close(self) -> None:
         self._closing = True
+        self._release_waiters()
         if self._task is not None:
             self._task.cancel()
             try:

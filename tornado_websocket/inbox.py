@@ -61,7 +61,10 @@ class MessageInbox:
         elif self._closed:
             future.set_result(None)
         else:
-            self._waiters.append(future)
+            waiters = self._waiters
+            while waiters and waiters[0].done():  # readers that gave up (a timeout cancelled them)
+                waiters.popleft()
+            waiters.append(future)
         return future
 
     def drain(self) -> list[Data]:

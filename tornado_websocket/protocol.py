@@ -202,6 +202,11 @@ class Protocol:
             del self._buf[:pos]
         return events
 
+    def release(self) -> None:
+        """The connection is gone: drop buffers and the compression state (tens of KiB)."""
+        self._stop()
+        self.deflate = None
+
     def _stop(self) -> None:
         self._stopped = True
         self._buf = bytearray()

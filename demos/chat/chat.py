@@ -539,7 +539,7 @@ class ChatSocket(tornado_websocket.WebSocketHandler):
     @property
     def is_closing(self) -> bool:
         connection = self.ws_connection
-        return connection is None or connection.is_closing
+        return connection is None or connection.is_closing()
 
     def send(self, message: Union[str, dict[str, Any]]) -> None:
         """Send a message (dict as JSON); dropped without error once the connection is closing."""
