@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover
     from typing_extensions import Protocol as _TypingProtocol  # type: ignore
 
-READ_CHUNK_SIZE = 64 * 1024
+READ_CHUNK_SIZE = 256 * 1024
 # Reading yields to the event loop after YIELD_AFTER_WORK units of work: FRAME_WORK per event
 # (256 events) plus one per 16 bytes read (4 MiB). A flood of small frames cannot starve other
 # connections, and large messages are not slowed by a loop round trip every chunk.
