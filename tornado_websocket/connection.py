@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import socket
 from typing import Any, Awaitable, Callable, Optional, Sequence, Union, cast
+from typing import Protocol as TypingProtocol
 
 from tornado import gen
 from tornado.escape import json_encode, utf8
@@ -32,11 +33,6 @@ from tornado_websocket.protocol import (
     Protocol,
     ProtocolViolation,
 )
-
-try:
-    from typing import Protocol as _TypingProtocol
-except ImportError:  # pragma: no cover
-    from typing_extensions import Protocol as _TypingProtocol  # type: ignore
 
 READ_CHUNK_SIZE = 256 * 1024
 # Reading yields to the event loop after YIELD_AFTER_WORK units of work: FRAME_WORK per event
@@ -58,7 +54,7 @@ MAX_PENDING_PINGS = 64  # pings awaiting a pong; past it the oldest fails
 OPEN_CONNECTIONS: set[WebSocketConnection] = set()
 
 
-class ConnectionOwner(_TypingProtocol):
+class ConnectionOwner(TypingProtocol):
     """What a :class:`WebSocketConnection` reports to (the handler or the client)."""
 
     def _on_ws_message(self, message: Union[str, bytes]) -> Optional[Awaitable[Any]]:
@@ -93,8 +89,9 @@ class WebSocketConnection:
     ``ping_interval`` (seconds, ``None`` or 0 for none) sends keepalive pings;
     when ``ping_timeout`` is positive a pong must follow each within that
     time or the connection is dropped. As in Tornado, ``ping_timeout``
-    defaults to the interval and is capped to it; 0 disables it. ``close_timeout`` bounds how long a
-    close handshake may take before TCP is dropped.
+    defaults to the interval and is capped to it; 0 disables it.
+    ``close_timeout`` bounds how long a close handshake may take before TCP
+    is dropped.
     """
 
     __slots__ = (

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from tornado.ioloop import IOLoop
 
@@ -31,11 +31,11 @@ from tornado_websocket.broadcast import broadcast
 from tornado_websocket.connection import WebSocketConnection
 from tornado_websocket.errors import WebSocketError
 from tornado_websocket.frames import CloseCode
+from tornado_websocket.inbox import Data
 
 hub_log = logging.getLogger("tornado_websocket.hub")
 
-Message = Union[str, bytes]
-Deliver = Callable[[str, Message], None]
+Deliver = Callable[[str, Data], None]
 
 DEFAULT_MAX_PENDING_BYTES = 1024 * 1024
 
@@ -72,7 +72,7 @@ class InProcessBackend:
     def channel_removed(self, channel: str) -> None:
         pass
 
-    async def publish(self, channel: str, message: Message) -> None:
+    async def publish(self, channel: str, message: Data) -> None:
         assert self._deliver is not None, "the backend is not attached to a Hub"
         self._deliver(channel, message)
 
@@ -149,7 +149,7 @@ class Hub:
         """How many connections of this process are subscribed to ``channel``."""
         return len(self._channels.get(channel, ()))
 
-    async def publish(self, channel: str, message: Message) -> None:
+    async def publish(self, channel: str, message: Data) -> None:
         """Send ``message`` (``str`` as text, ``bytes`` as binary) to every subscriber of ``channel``.
 
         With Redis, subscribers in every process get it. Raises
@@ -159,7 +159,7 @@ class Hub:
             raise TypeError(f"cannot publish {type(message).__name__}; publish str or bytes")
         await self.backend.publish(channel, message)
 
-    def _deliver(self, channel: str, message: Message) -> None:
+    def _deliver(self, channel: str, message: Data) -> None:
         """Fan one message out to this process's subscribers; close the ones that fall behind."""
         members = self._channels.get(channel)
         if not members:
@@ -256,7 +256,7 @@ class RedisBackend:
                 if not future.done():
                     future.set_result(None)
 
-    async def publish(self, channel: str, message: Message) -> None:
+    async def publish(self, channel: str, message: Data) -> None:
         payload = self.TEXT + message.encode("utf-8") if isinstance(message, str) else self.BINARY + message
         self._ensure_running()
         errors = (OSError, self._redis_module.RedisError)
