@@ -55,9 +55,51 @@ def test_close_code_values():
 # -- masking ---------------------------------------------------------------
 
 
-def test_c_speedup_is_available():
-    # Tornado ships websocket_mask; if it is missing the C/Python comparison below is vacuous.
-    assert frames._mask_c is not None
+def test_c_speedups_are_available():
+    # Our extension is built by `pip install` (a C compiler is in CI) and Tornado ships
+    # websocket_mask; if either were missing the comparisons below would be vacuous.
+    assert frames._mask_any is not None
+    assert frames._mask_bytes is not None
+
+
+MASKS = {
+    "ours (C, any buffer)": lambda key, data: frames._mask_any(key, data),
+    "tornado.speedups (bytes)": lambda key, data: frames._mask_bytes(key, bytes(data)),
+    "pure Python": lambda key, data: _mask_python(key, data),
+}
+
+
+@pytest.fixture(params=["extension", "tornado", "python"])
+def apply_mask_path(request, monkeypatch):
+    """apply_mask as it runs with our extension, without it (Tornado's), and with neither."""
+    if request.param != "extension":
+        monkeypatch.setattr(frames, "_mask_any", None)
+    if request.param == "python":
+        monkeypatch.setattr(frames, "_mask_bytes", None)
+    return request.param
+
+
+def test_apply_mask_every_fallback(apply_mask_path):
+    data = bytes(range(256)) * 3 + b"tail"
+    expected = naive_mask(RFC_KEY, data)
+    for kind in (bytes, bytearray, memoryview):
+        out = apply_mask(RFC_KEY, kind(data))
+        assert out == expected
+        assert type(out) is bytes
+    view = memoryview(bytearray(b"xx" + data + b"yy"))[2:-2]
+    assert apply_mask(RFC_KEY, view) == expected
+
+
+def test_c_mask_rejects_bad_keys_and_non_buffers():
+    with pytest.raises(ValueError):
+        frames._mask_any(b"abc", b"data")
+    with pytest.raises(ValueError):
+        frames._mask_any(b"abcde", b"data")
+    with pytest.raises(TypeError):
+        frames._mask_any(b"abcd", "text")
+    # A non-contiguous view is refused rather than read wrongly.
+    with pytest.raises((TypeError, BufferError, ValueError)):
+        frames._mask_any(b"abcd", memoryview(b"abcdefgh")[::2])
 
 
 def test_rfc_example_mask():
@@ -72,9 +114,9 @@ def test_mask_lengths_agree(n):
     data = bytes((i * 7 + 3) & 0xFF for i in range(n))
     key = b"\x01\x80\xff\x00"
     expected = naive_mask(key, data)
-    assert _mask_python(key, data) == expected
+    for name, mask in MASKS.items():
+        assert mask(key, data) == expected, name
     assert apply_mask(key, data) == expected
-    assert frames._mask_c(key, data) == expected
 
 
 def test_mask_empty():
@@ -102,8 +144,9 @@ def test_apply_mask_accepts_bytes_like():
 @settings(max_examples=300, deadline=None)
 def test_mask_c_and_python_agree(mask, data):
     expected = naive_mask(mask, data)
-    assert _mask_python(mask, data) == expected
-    assert frames._mask_c(mask, data) == expected
+    for name, fn in MASKS.items():
+        assert fn(mask, data) == expected, name
+        assert fn(mask, bytearray(data)) == expected, name
     assert apply_mask(mask, data) == expected
 
 

@@ -1415,3 +1415,44 @@ def test_frame_buffer_filled_rejects_more_than_the_frame_has():
     assert space is not None
     with pytest.raises(ValueError):
         p.frame_buffer_filled(len(space) + 1)
+
+
+def test_pooled_frame_buffers_never_leak_an_earlier_message():
+    """Buffers are reused across frames and connections: each message is exactly its own bytes."""
+    from tornado_websocket.buffers import FRAME_BUFFERS
+
+    sizes = [400_000, 70_000, 300_000, 65_536, 400_000]
+    a, b = server(), server()
+    for i, size in enumerate(sizes):
+        payload = bytes([i + 1]) * size
+        for p in (a, b):
+            frame = cf(BINARY, payload, key=bytes([i, 0xA5, 0x5A, 0xFF]))
+            head = 14 + size // 3
+            assert p.feed(frame[:head]) == []
+            events = _receive_into(p, frame[head:], 1 << 20)
+            assert [e.data for e in events] == [payload]
+    assert 0 < FRAME_BUFFERS.pooled_bytes <= FRAME_BUFFERS.max_bytes
+
+
+def test_large_unmasked_frame_on_the_client_side():
+    """A client receives unmasked server frames into the buffer too."""
+    payload = os.urandom(200_000)
+    frame = frames.encode_frame(frames.Opcode.BINARY, payload)
+    p = Protocol(is_client=True)
+    assert p.feed(frame[:80_000]) == []
+    events = _receive_into(p, frame[80_000:], 30_000)
+    assert [e.data for e in events] == [payload] and type(events[0].data) is bytes
+
+
+def test_a_connection_dropped_mid_frame_does_not_return_its_buffer():
+    """The I/O layer may still hold a view of the buffer: it must not go back to the pool."""
+    from tornado_websocket.buffers import FRAME_BUFFERS
+
+    p = server()
+    p.feed(cf(BINARY, os.urandom(500_000))[:200_000])
+    space = p.frame_buffer_space()
+    assert space is not None
+    before = FRAME_BUFFERS.pooled_bytes
+    p.release()
+    assert FRAME_BUFFERS.pooled_bytes <= before
+    space[:4] = b"late"  # a late write lands in a buffer nobody else has

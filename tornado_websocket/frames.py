@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from tornado_websocket.errors import ProtocolError
 
@@ -72,7 +72,10 @@ def is_valid_close_code(code: int) -> bool:
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
-def _mask_python(mask: bytes, data: bytes) -> bytes:
+_Buffer = Union[bytes, bytearray, memoryview]
+
+
+def _mask_python(mask: bytes, data: _Buffer) -> bytes:
     """Pure-Python XOR of ``data`` with the 4-byte ``mask`` repeated."""
     n = len(data)
     if n == 0:
@@ -81,21 +84,30 @@ def _mask_python(mask: bytes, data: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
-_mask_c: Optional[Callable[[bytes, bytes], bytes]]
+_mask_any: Optional[Callable[[bytes, _Buffer], bytes]]  # takes any buffer
+_mask_bytes: Optional[Callable[[bytes, bytes], bytes]]  # takes bytes only
 try:
-    from tornado.speedups import websocket_mask as _mask_c
+    from tornado_websocket._speedups import mask as _mask_any
+except ImportError:  # pragma: no cover - built without a C compiler
+    _mask_any = None
+try:
+    from tornado.speedups import websocket_mask as _mask_bytes
 except ImportError:  # pragma: no cover - depends on how tornado was built
-    _mask_c = None
+    _mask_bytes = None
 
 
-def apply_mask(mask: bytes, data: bytes) -> bytes:
+def apply_mask(mask: bytes, data: _Buffer) -> bytes:
     """XOR ``data`` with ``mask`` (RFC 6455 section 5.3); masking and unmasking are the same.
 
-    Uses ``tornado.speedups.websocket_mask`` when Tornado was built with it.
-    ``data`` may be any bytes-like object.
+    ``data`` may be bytes, bytearray or a memoryview: our C extension
+    unmasks it in one pass without copying it first. Without the extension,
+    ``tornado.speedups.websocket_mask`` (bytes only), else pure Python.
+    Raises ValueError if ``mask`` is not 4 bytes (C paths).
     """
-    if _mask_c is not None:
-        return _mask_c(mask, data if type(data) is bytes else bytes(data))
+    if _mask_any is not None:
+        return _mask_any(mask, data)
+    if _mask_bytes is not None:
+        return _mask_bytes(mask, data if type(data) is bytes else bytes(data))
     return _mask_python(mask, data)
 
 

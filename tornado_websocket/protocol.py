@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 from typing import Callable, Optional, Union
 
+from tornado_websocket.buffers import FRAME_BUFFERS
 from tornado_websocket.deflate import DeflateError, PerMessageDeflate
 from tornado_websocket.errors import ProtocolError, WebSocketClosedError
 from tornado_websocket.frames import (
@@ -84,6 +85,9 @@ class CloseReceived:
     def __init__(self, code: Optional[int], reason: str) -> None:
         self.code = code
         self.reason = reason
+
+#: Payloads from this size are unmasked out of a memoryview of the input rather than a copy.
+UNMASK_VIEW_MIN = 1024
 
 
 class ProtocolViolation:
@@ -225,7 +229,8 @@ class Protocol:
                 take = min(end - pos, self._frame_remaining)
                 if self._frame_buf is not None:
                     filled = self._frame_filled
-                    self._frame_buf[filled : filled + take] = buf[pos : pos + take]
+                    with memoryview(buf) as view:
+                        self._frame_buf[filled : filled + take] = view[pos : pos + take]
                     pos += take
                     self._frame_filled_in(take, events)
                     continue
@@ -295,9 +300,13 @@ class Protocol:
 
             if stop <= end and fin and opcode != OP_CONTINUATION and not b0 & 0x40:
                 # Fast path: a whole, uncompressed, unfragmented message.
-                payload = bytes(buf[start:stop])
-                if mask:
-                    payload = apply_mask(mask, payload)
+                if not mask:
+                    payload = bytes(buf[start:stop])
+                elif length < UNMASK_VIEW_MIN:
+                    payload = apply_mask(mask, buf[start:stop])
+                else:
+                    with memoryview(buf) as view:  # unmask straight out of the input, no copy first
+                        payload = apply_mask(mask, view[start:stop])
                 pos = stop
                 if opcode == OP_TEXT:
                     try:
@@ -345,11 +354,15 @@ class Protocol:
                 return None
             # A quarter of a large binary frame is in: gather the whole payload in one
             # buffer (not sooner, so that a bare header cannot make us allocate it).
-            self._frame_buf = bytearray(self._frame_length)
-            self._frame_buf[:received] = b"".join(self._frame_raw)
+            buf = FRAME_BUFFERS.take(self._frame_length)
+            filled = 0
+            for piece in self._frame_raw:
+                buf[filled : filled + len(piece)] = piece
+                filled += len(piece)
+            self._frame_buf = buf
             self._frame_raw = []
             self._frame_filled = received
-        return memoryview(self._frame_buf)[self._frame_filled :]
+        return memoryview(self._frame_buf)[self._frame_filled : self._frame_length]
 
     def frame_buffer_filled(self, n: int) -> list[Event]:
         """Account for ``n`` bytes received into :meth:`frame_buffer_space`; return the events."""
@@ -367,15 +380,21 @@ class Protocol:
         self._frame_remaining -= n
         if self._frame_remaining:
             return
-        assert self._frame_buf is not None
-        payload = bytes(self._frame_buf)
+        buf = self._frame_buf
+        assert buf is not None
         self._frame_buf = None
-        self._frame_complete(payload, events)
+        with memoryview(buf) as view:
+            self._frame_complete(view[: self._frame_length], events)
+        FRAME_BUFFERS.give(buf)
 
-    def _frame_complete(self, masked_payload: bytes, events: list[Event]) -> None:
-        """The whole (still masked) payload of a large binary frame is in."""
+    def _frame_complete(self, masked_payload: Union[bytes, memoryview], events: list[Event]) -> None:
+        """The whole (still masked) payload of a large binary frame is in: unmask it into its own bytes."""
         self._frame_raw = []
-        payload = apply_mask(self._frame_mask, masked_payload) if self._frame_mask else masked_payload
+        mask = self._frame_mask
+        if mask:
+            payload = apply_mask(mask, masked_payload)
+        else:
+            payload = masked_payload if type(masked_payload) is bytes else bytes(masked_payload)
         self._message_data(payload, self._frame_fin, events)
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:

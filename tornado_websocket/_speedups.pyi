@@ -1,0 +1,3 @@
+from typing import Union
+
+def mask(key: bytes, data: Union[bytes, bytearray, memoryview]) -> bytes: ...
