@@ -105,8 +105,8 @@ class Tracked(tornado_websocket.WebSocketHandler):
     def open(self) -> None:
         assert self.ws_connection is not None
         if self.sndbuf is not None:
-            # A small kernel send buffer makes "the peer does not read" show in the IOStream at once.
-            self.ws_connection.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+            # A small kernel send buffer makes "the peer does not read" show in our write buffer at once.
+            self.ws_connection.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
         self.opened_at = time.monotonic()
         self.signal.fire("open", self)
 
@@ -154,9 +154,8 @@ class Writer(Tracked):
 
     def _note_buffer(self) -> None:
         connection = self.ws_connection
-        buffered = connection.stream._write_buffer if connection is not None else None
-        if buffered is not None:
-            self.max_buffered = max(self.max_buffered, len(buffered))
+        if connection is not None:
+            self.max_buffered = max(self.max_buffered, connection.write_buffer_size)
 
     async def _write_loop(self) -> None:
         try:
@@ -418,9 +417,9 @@ async def test_awaited_write_message_blocks_while_the_peer_does_not_read(harness
     assert not blocked.done()
     written = handler.written
     assert signal.count("close") == 0, "the server dropped a peer whose writer awaited write_message()"
-    # Flow control held: one message at most waits in the IOStream, well under the limit.
+    # Flow control held: one message at most waits in the write buffer, well under the limit.
     assert handler.max_buffered <= MESSAGE_HEADER + MESSAGE_SIZE <= WRITE_LIMIT, handler.max_buffered
-    assert len(handler.ws_connection.stream._write_buffer) <= MESSAGE_HEADER + MESSAGE_SIZE
+    assert handler.ws_connection.write_buffer_size <= MESSAGE_HEADER + MESSAGE_SIZE
 
     # Once the peer reads, the blocked write completes and every message arrives whole, in order.
     for i in range(written + 3):
@@ -600,7 +599,7 @@ async def test_ping_flood_pongs_every_ping_in_order_within_the_write_limit(harne
                 await wait_for_close_of(signal, handler, timeout=10)
             else:
                 await signal.wait("ping-1000", PINGS // 1000, timeout=20)
-                held = len(handler.ws_connection.stream._write_buffer)
+                held = handler.ws_connection.write_buffer_size
         del flood
 
         if expect_drop:
@@ -904,4 +903,4 @@ async def test_shutdown_only_touches_connections_of_its_own_event_loop(harness, 
         for connection in stale:
             OPEN_CONNECTIONS.discard(connection)
             with contextlib.suppress(Exception):
-                connection.stream.socket.close()
+                connection.transport.abort()

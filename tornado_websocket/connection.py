@@ -1,25 +1,24 @@
-"""Drives one WebSocket connection over a Tornado ``IOStream``.
+"""Drives one WebSocket connection over the upgraded socket.
 
-:class:`WebSocketConnection` reads the stream in large chunks, feeds the
-Sans-I/O :class:`~tornado_websocket.protocol.Protocol`, dispatches the events
-to its owner (the server handler or the client) in order, and writes the
-frames produced while handling one chunk in a single ``write``. It owns the
-close handshake, its timeouts and the keepalive pings. Server and client
-share it.
+:class:`WebSocketConnection` gets what arrives from its transport (see
+:mod:`tornado_websocket.transport`), feeds the Sans-I/O
+:class:`~tornado_websocket.protocol.Protocol`, dispatches the events to its
+owner (the server handler or the client) in order, and writes the frames
+produced while handling one read in a single ``send``. It owns the close
+handshake, its timeouts and the keepalive pings. Server and client share it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
-from typing import Any, Awaitable, Callable, Optional, Sequence, Union, cast
+from typing import Any, Awaitable, Callable, Optional, Union
 from typing import Protocol as TypingProtocol
 
 from tornado import gen
 from tornado.escape import json_encode, utf8
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.iostream import IOStream
 from tornado.log import app_log, gen_log
 
 from tornado_websocket.errors import WebSocketClosedError, WebSocketError
@@ -33,14 +32,12 @@ from tornado_websocket.protocol import (
     Protocol,
     ProtocolViolation,
 )
+from tornado_websocket.transport import Buffer, chain, make_transport
 
-READ_CHUNK_SIZE = 256 * 1024
-# Reading yields to the event loop after YIELD_AFTER_WORK units of work: FRAME_WORK per event
-# (256 events) plus one per 16 bytes read (4 MiB). A flood of small frames cannot starve other
-# connections, and large messages are not slowed by a loop round trip every chunk.
+# Dispatching yields to the event loop (and pauses reading) after YIELD_AFTER_WORK units of
+# work, FRAME_WORK per event: a read full of tiny frames cannot starve other connections.
 YIELD_AFTER_WORK = 256 * 1024
 FRAME_WORK = 1024
-BYTE_WORK_SHIFT = 4
 # Payloads from this size on are written without joining them to their header
 # (``sendmsg`` of both); a batch of at most MAX_GATHER frames holding this many
 # bytes is written the same way instead of being joined.
@@ -76,13 +73,6 @@ def _silence(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _closed_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = loop.create_future()
-    future.set_exception(WebSocketClosedError("the connection is closed"))
-    _silence(future)
-    return future
-
-
 class WebSocketConnection:
     """One open WebSocket over ``stream``; see the module docstring.
 
@@ -96,6 +86,7 @@ class WebSocketConnection:
 
     __slots__ = (
         "stream",
+        "transport",
         "protocol",
         "owner",
         "ping_interval",
@@ -116,7 +107,6 @@ class WebSocketConnection:
         "_close_timer",
         "_ping_timer",
         "_pings",
-        "_direct_socket",
         "__weakref__",
     )
 
@@ -165,12 +155,8 @@ class WebSocketConnection:
         self._ping_timer: Optional[object] = None
         # Pings we sent and wait a pong for: (payload, future, time sent).
         self._pings: list[tuple[bytes, asyncio.Future[float], float]] = []
-        stream.read_chunk_size = max(stream.read_chunk_size, READ_CHUNK_SIZE)
-        # TLS streams keep their own write path (an SSL socket may need to read to write).
-        self._direct_socket: Optional[socket.socket] = (
-            None if isinstance(stream, SSLIOStream) else stream.socket
-        )
-        stream.set_close_callback(self._on_stream_closed)
+        # Plain TCP leaves the IOStream here (see make_transport); `stream` stays for compatibility.
+        self.transport = make_transport(stream, self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -179,7 +165,7 @@ class WebSocketConnection:
         if self._closed:
             return  # the peer left while open() ran: on_close has run already
         OPEN_CONNECTIONS.add(self)
-        self._read_more()
+        self.transport.resume_reading()
         if self.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
 
@@ -201,64 +187,32 @@ class WebSocketConnection:
         """
         return self._closed or self.protocol.close_sent
 
-    # -- reading -------------------------------------------------------------
-    #
-    # Reading runs on callbacks rather than a task: an idle connection then costs
-    # one pending read future, not a task and a suspended coroutine frame.
+    # -- reading (called by the transport) ----------------------------------------
 
-    def _read_more(self) -> None:
-        """Read chunks and dispatch them until one has to wait (for the socket, user code or fairness)."""
-        stream = self.stream
-        while not self._closed:
-            if self._work >= YIELD_AFTER_WORK:
-                # A flood of frames must not keep the event loop to itself.
-                self._work = 0
-                self._loop.add_callback(self._read_more)
-                return
-            # The rest of a large binary frame is received straight into its buffer.
-            space = self.protocol.frame_buffer_space()
-            try:
-                if space is not None:
-                    future: asyncio.Future[Any] = cast(
-                        "asyncio.Future[int]", stream.read_into(space, partial=True)  # type: ignore[arg-type]
-                    )
-                else:
-                    future = cast("asyncio.Future[bytes]", stream.read_bytes(READ_CHUNK_SIZE, partial=True))
-            except StreamClosedError:
-                self._teardown()
-                return
-            if not future.done():
-                future.add_done_callback(self._on_chunk)
-                return
-            if not self._handle_chunk(future):
-                return
+    def frame_space(self) -> Optional[memoryview]:
+        """Where the rest of a large binary frame goes (see Protocol.frame_buffer_space)."""
+        return self.protocol.frame_buffer_space()
 
-    def _on_chunk(self, future: asyncio.Future[Any]) -> None:
-        if self._handle_chunk(future):
-            self._read_more()
+    def frame_filled(self, n: int) -> None:
+        """``n`` bytes were received into :meth:`frame_space`."""
+        self._failed = False
+        self._handle(self.protocol.frame_buffer_filled(n))
 
-    def _handle_chunk(self, future: asyncio.Future[Any]) -> bool:
-        """Feed one chunk (bytes, or a count received into the frame buffer) and dispatch its events.
-
-        Returns False when dispatching goes on later.
-        """
-        try:
-            data = future.result()
-        except StreamClosedError:
-            self._teardown()
-            return False
-        except Exception:  # pragma: no cover - a bug of ours, not of the peer
-            app_log.error("Unexpected error reading a WebSocket", exc_info=True)
-            self.abort()
-            return False
+    def data_received(self, data: Buffer) -> None:
+        """Feed what arrived (a view valid only during the call) and dispatch its events."""
         self._failed = False  # a user error drops the rest of its own read only
-        if type(data) is int:
-            self._work += data >> BYTE_WORK_SHIFT
-            events = self.protocol.frame_buffer_filled(data)
+        self._work = 0
+        self._handle(self.protocol.feed(data))
+
+    def connection_lost(self) -> None:
+        self._teardown()
+
+    def _handle(self, events: list[Event]) -> None:
+        """Dispatch ``events``; reading pauses while some wait for user code or the loop."""
+        if not events or self._dispatch(events, 0):
+            self.transport.resume_reading()
         else:
-            self._work += len(data) >> BYTE_WORK_SHIFT
-            events = self.protocol.feed(data)
-        return self._dispatch(events, 0) if events else True
+            self.transport.pause_reading()
 
     def _dispatch(self, events: list[Event], start: int) -> bool:
         """Hand ``events[start:]`` to the owner in order; False when the rest waits (see :meth:`_pause`).
@@ -326,7 +280,7 @@ class WebSocketConnection:
 
     def _resume(self, events: list[Event], resume_at: int) -> None:
         if not self._closed and self._dispatch(events, resume_at):
-            self._read_more()
+            self.transport.resume_reading()
 
     def _user_error(self, where: str) -> None:
         """Log an exception raised by user code and close with 1011; later messages are dropped."""
@@ -361,16 +315,8 @@ class WebSocketConnection:
         self._start_close_timer()
 
     def _shutdown_write(self) -> None:
-        if self._closed:
-            return
-        sock = self.stream.socket
-        if sock is None or isinstance(self.stream, SSLIOStream):
-            self.abort()
-            return
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self.abort()
+        if not self._closed:
+            self.transport.shutdown_write()
 
     def _start_close_timer(self) -> None:
         if self._close_timer is None and not self._closed:
@@ -393,10 +339,7 @@ class WebSocketConnection:
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a close handshake."""
-        self.stream.close()
-
-    def _on_stream_closed(self) -> None:
-        self._teardown()
+        self.transport.abort()
 
     def add_close_callback(self, callback: Callable[[WebSocketConnection], None]) -> None:
         """Call ``callback(connection)`` once when the TCP connection is gone (at once if it is)."""
@@ -435,8 +378,7 @@ class WebSocketConnection:
             if not future.done():
                 future.set_exception(WebSocketClosedError("the connection closed before the pong"))
                 _silence(future)
-        if not self.stream.closed():
-            self.stream.close()
+        self.transport.abort()
         self.protocol.release()
         callbacks, self._close_callbacks = self._close_callbacks or [], None
         for callback in callbacks:
@@ -474,71 +416,44 @@ class WebSocketConnection:
         sent = self._send(*batch)
         if future is None:
             return sent
-        _chain(sent, future)
+        chain(sent, future)
         return future
 
     def _send(self, *parts: bytes) -> asyncio.Future[None]:
         """Write ``parts`` in order; the future fails with WebSocketClosedError if TCP is gone.
 
-        When the IOStream has nothing buffered the bytes go straight to the
-        socket (one ``send``/``sendmsg``) and only what the kernel does not
-        take is handed to the stream, so most writes cost no stream future.
-        With no parts, the future says when everything buffered so far has
-        been handed to the socket.
+        The future completes when the kernel has the bytes; with no parts,
+        when everything written so far has been handed to it.
         """
-        rest = self._send_now(parts) if parts else [b""]
-        if not rest:
+        transport = self.transport
+        if not parts:
+            return transport.flushed()
+        future = transport.write(parts)
+        if future is None:
             done: asyncio.Future[None] = self._aloop.create_future()
             done.set_result(None)
             return done
-        stream = self.stream
-        if self._write_buffer_overflows():
-            return _closed_future(self._aloop)
-        try:
-            for piece in rest[:-1]:
-                stream.write(piece)
-            written = stream.write(rest[-1])
-        except StreamClosedError:
-            return _closed_future(self._aloop)
-        result: asyncio.Future[None] = self._aloop.create_future()
-        _chain(written, result)
-        return result
+        self._write_buffer_overflows()
+        return future
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet taken by the kernel (a peer that does not read makes it grow)."""
+        return self.transport.buffered_bytes
 
     def _write_buffer_overflows(self) -> bool:
         """Drop the connection if the peer left more than ``max_write_buffer_size`` bytes unread."""
         limit = self.max_write_buffer_size
-        buffered = self.stream._write_buffer  # None once the stream is closed
-        if limit is None or buffered is None or len(buffered) <= limit:
+        buffered = self.transport.buffered_bytes
+        if limit is None or buffered <= limit:
             return False
         gen_log.info(
             "WebSocket peer is not reading: %d bytes wait to be sent, over the %d-byte limit; dropping it",
-            len(self.stream._write_buffer),
+            buffered,
             limit,
         )
         self.abort()
         return True
-
-    def _send_now(self, parts: Sequence[bytes]) -> list[Union[bytes, memoryview]]:
-        """Give ``parts`` to the socket now if the IOStream has nothing buffered; return what is left.
-
-        What the kernel does not take (and every error) is left to the IOStream.
-        """
-        sock = self._direct_socket
-        stream = self.stream
-        sent = 0
-        if sock is not None and not stream._write_buffer and not stream.closed():
-            try:
-                sent = sock.send(parts[0]) if len(parts) == 1 else sock.sendmsg(parts)
-            except OSError:
-                sent = 0
-        rest: list[Union[bytes, memoryview]] = []
-        for part in parts:
-            if sent >= len(part):
-                sent -= len(part)
-                continue
-            rest.append(memoryview(part)[sent:] if sent else part)
-            sent = 0
-        return rest
 
     def write_message(self, message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> asyncio.Future[None]:
         """Send one message: ``str`` as text, ``bytes`` as binary if ``binary`` else text, a dict as JSON.
@@ -571,14 +486,8 @@ class WebSocketConnection:
         if batch is not None:
             batch.append(frame)
             return
-        rest = self._send_now((frame,))
-        if rest and self._write_buffer_overflows():
-            return
-        for piece in rest:
-            try:
-                self.stream.write(piece)
-            except StreamClosedError:
-                pass
+        if self.transport.write((frame,)) is not None:
+            self._write_buffer_overflows()
 
     def ping(self, data: Union[str, bytes] = b"") -> asyncio.Future[float]:
         """Send a ping; the future gives the round-trip time in seconds when the pong arrives.
@@ -638,19 +547,5 @@ class WebSocketConnection:
 
     def set_nodelay(self, value: bool) -> None:
         """Set TCP_NODELAY on the socket (see ``IOStream.set_nodelay``)."""
-        self.stream.set_nodelay(value)
+        self.transport.set_nodelay(value)
 
-
-def _chain(source: asyncio.Future[Any], target: asyncio.Future[None]) -> None:
-    """Complete ``target`` when ``source`` does; a stream error becomes WebSocketClosedError."""
-
-    def copy(f: asyncio.Future[Any]) -> None:
-        if target.done():
-            return
-        if f.cancelled() or f.exception() is not None:
-            target.set_exception(WebSocketClosedError("the connection closed before the write"))
-            _silence(target)
-        else:
-            target.set_result(None)
-
-    source.add_done_callback(copy)

@@ -169,11 +169,9 @@ class Hub:
         for connection in members:
             if connection.is_closing():
                 continue
-            pending = connection.stream._write_buffer
-            if pending is not None and len(pending) > limit:
-                hub_log.info(
-                    "closing a slow consumer on %r: %d bytes unsent, over %d", channel, len(pending), limit
-                )
+            pending = connection.write_buffer_size
+            if pending > limit:
+                hub_log.info("closing a slow consumer on %r: %d bytes unsent, over %d", channel, pending, limit)
                 connection.close(self.slow_consumer_code, "slow consumer")
                 continue
             keep.append(connection)

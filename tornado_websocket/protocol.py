@@ -174,7 +174,7 @@ class Protocol:
 
     # -- receiving ---------------------------------------------------------
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> list[Event]:
         """Parse every complete frame in what has arrived; return the events in order.
 
         Data-frame payloads are consumed as they arrive, so invalid UTF-8 and
@@ -185,7 +185,7 @@ class Protocol:
         events: list[Event] = []
         if self._stopped or not data:
             return events
-        buf: Union[bytes, bytearray]
+        buf: Union[bytes, bytearray, memoryview]
         if self._buf:
             self._buf += data
             buf = self._buf
@@ -219,7 +219,7 @@ class Protocol:
         self._msg_parts = []
         self._decoder = None
 
-    def _parse(self, buf: Union[bytes, bytearray], events: list[Event]) -> int:
+    def _parse(self, buf: Union[bytes, bytearray, memoryview], events: list[Event]) -> int:
         """Consume frames from ``buf``; return how many bytes were used."""
         pos = 0
         end = len(buf)

@@ -1,0 +1,516 @@
+"""Moves bytes between a :class:`~tornado_websocket.connection.WebSocketConnection` and its socket.
+
+After the HTTP upgrade the connection no longer needs Tornado's IOStream,
+whose read path allocates and zero-fills a fresh buffer for every read and
+copies the data twice more before handing it out. For plain TCP,
+:func:`make_transport` takes the socket over from the IOStream and a
+:class:`SocketTransport` reads it with ``recv_into`` into one receive
+buffer per thread (or straight into the payload buffer of a large frame),
+and writes with ``send``/``sendmsg``, queueing only what the kernel does
+not take. TLS streams (and event loops without ``add_reader``) keep their
+IOStream behind a :class:`StreamTransport` with the same interface.
+
+The transport calls its sink (the connection) with what arrived; the
+sink pauses and resumes reading while user code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import threading
+from typing import Any, Optional, Protocol, Sequence, Union, cast
+
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+
+from tornado_websocket.errors import WebSocketClosedError
+
+#: Size of the per-thread receive buffer and of IOStream reads.
+READ_CHUNK_SIZE = 256 * 1024
+#: Most pieces given to one ``sendmsg`` (the kernel's IOV_MAX is 1024).
+MAX_IOVEC = 64
+#: Bytes a paused SocketTransport still reads ahead, to see the peer leave (then it stops reading).
+PAUSED_READ_AHEAD = 256 * 1024
+# StreamTransport yields to the event loop after this many bytes read in one go.
+YIELD_AFTER_BYTES = 4 * 1024 * 1024
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class TransportSink(Protocol):
+    """What a transport calls: the connection."""
+
+    def frame_space(self) -> Optional[memoryview]:
+        """Where the next bytes should go (a large frame's payload buffer), or None for any buffer."""
+
+    def frame_filled(self, n: int) -> None:
+        """``n`` bytes were received into the last :meth:`frame_space`."""
+
+    def data_received(self, data: Buffer) -> None:
+        """Bytes arrived; ``data`` may be a view of a shared buffer, valid only during the call."""
+
+    def connection_lost(self) -> None:
+        """The TCP connection is gone (called once, from the event loop)."""
+
+
+def _silenced(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    if not future.cancelled():
+        future.exception()
+    return future
+
+
+class _ThreadBuffers(threading.local):
+    def __init__(self) -> None:
+        self.receive = memoryview(bytearray(READ_CHUNK_SIZE))
+
+
+_THREAD = _ThreadBuffers()
+
+
+class SocketTransport:
+    """A plain TCP socket read and written directly on the event loop."""
+
+    __slots__ = (
+        "sink",
+        "socket",
+        "_fd",
+        "_selector",
+        "_aloop",
+        "_reading",
+        "_paused",
+        "_backlog",
+        "_closed",
+        "_pending",
+        "_queued",
+        "_sent",
+        "_waiters",
+        "_writing",
+        "_shutdown_pending",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        sink: TransportSink,
+        selector: Any,
+        aloop: asyncio.AbstractEventLoop,
+        received: bytes = b"",
+    ) -> None:
+        """Start paused (reading ahead, see resume_reading); ``received`` is what came before."""
+        self.sink = sink
+        self.socket = sock
+        self._fd = sock.fileno()
+        self._selector = selector  # the loop whose add_reader/add_writer serve this fd
+        self._aloop = aloop
+        self._reading = True  # registered for readability
+        self._paused = True  # what arrives goes to _backlog rather than the sink
+        self._backlog: Optional[bytearray] = bytearray(received) if received else None
+        self._closed = False
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self._queued = 0  # bytes ever queued in _pending
+        self._sent = 0  # of those, bytes handed to the kernel
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._writing = False
+        self._shutdown_pending = False
+        selector.add_reader(self._fd, self._read_ready)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self._queued - self._sent
+
+    # -- reading -------------------------------------------------------------
+
+    # While paused (user code runs, or fairness), up to PAUSED_READ_AHEAD bytes are
+    # still read and kept, as the IOStream did: a peer that leaves is noticed at once.
+
+    def resume_reading(self) -> None:
+        """Deliver what was read ahead while paused, then read on."""
+        if self._closed:
+            return
+        self._paused = False
+        backlog = self._backlog
+        if backlog is not None:
+            self._backlog = None
+            self.sink.data_received(backlog)
+            if self._paused or self._closed:
+                return
+        if not self._reading:
+            self._reading = True
+            self._selector.add_reader(self._fd, self._read_ready)
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def _read_ahead(self) -> None:
+        """Readable while paused: keep the bytes (bounded) and notice the end of the connection."""
+        buf = _THREAD.receive
+        try:
+            n = self.socket.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort()
+            return
+        if not n:
+            self.abort()
+            return
+        if self._backlog is None:
+            self._backlog = bytearray(buf[:n])
+        else:
+            self._backlog += buf[:n]
+        if len(self._backlog) >= PAUSED_READ_AHEAD:
+            self._reading = False  # enough: let TCP flow control hold the peer
+            self._selector.remove_reader(self._fd)
+
+    def _read_ready(self) -> None:
+        if self._paused:
+            self._read_ahead()
+            return
+        sink = self.sink
+        space = sink.frame_space()
+        buf = _THREAD.receive if space is None else space
+        try:
+            n = self.socket.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort()
+            return
+        if not n:
+            self.abort()  # the peer closed TCP
+        elif space is None:
+            sink.data_received(buf[:n])
+        else:
+            sink.frame_filled(n)
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, parts: Sequence[bytes]) -> Optional[asyncio.Future[None]]:
+        """Send ``parts`` in order; None if the kernel took them all, else a future for when it has.
+
+        The future fails with :class:`WebSocketClosedError` if the connection
+        closes first (also returned, already failed, once closed).
+        """
+        if self._closed:
+            return _silenced(self._failed())
+        pending = self._pending
+        sent = 0
+        if not pending:
+            try:
+                sent = self.socket.send(parts[0]) if len(parts) == 1 else self.socket.sendmsg(parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.abort()
+                return _silenced(self._failed())
+        for part in parts:
+            size = len(part)
+            if sent >= size:
+                sent -= size
+                continue
+            view = memoryview(part)
+            pending.append(view[sent:] if sent else view)
+            self._queued += size - sent
+            sent = 0
+        if not pending:
+            return None
+        if not self._writing:
+            self._writing = True
+            self._selector.add_writer(self._fd, self._write_ready)
+        future: asyncio.Future[None] = self._aloop.create_future()
+        self._waiters.append((self._queued, future))
+        return future
+
+    def flushed(self) -> asyncio.Future[None]:
+        """A future that completes once everything written so far is with the kernel."""
+        if self._closed:
+            return _silenced(self._failed())
+        future: asyncio.Future[None] = self._aloop.create_future()
+        if self._pending:
+            self._waiters.append((self._queued, future))
+        else:
+            future.set_result(None)
+        return future
+
+    def _write_ready(self) -> None:
+        pending = self._pending
+        try:
+            if len(pending) == 1:
+                sent = self.socket.send(pending[0])
+            else:
+                sent = self.socket.sendmsg([pending[i] for i in range(min(len(pending), MAX_IOVEC))])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort()
+            return
+        self._sent += sent
+        while sent:
+            head = pending[0]
+            if sent >= len(head):
+                sent -= len(head)
+                pending.popleft()
+            else:
+                pending[0] = head[sent:]
+                sent = 0
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._sent:
+            future = waiters.popleft()[1]
+            if not future.done():
+                future.set_result(None)
+        if not pending:
+            self._writing = False
+            self._selector.remove_writer(self._fd)
+            if self._shutdown_pending:
+                self._shutdown_now()
+
+    def shutdown_write(self) -> None:
+        """Half-close TCP (send FIN) once everything written has left."""
+        if self._closed:
+            return
+        if self._pending:
+            self._shutdown_pending = True
+        else:
+            self._shutdown_now()
+
+    def _shutdown_now(self) -> None:
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.abort()
+
+    # -- closing ---------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close the socket now; unsent data is dropped and the sink hears of it on the next loop turn."""
+        if self._closed:
+            return
+        self._closed = True
+        self._backlog = None
+        if self._reading:
+            self._selector.remove_reader(self._fd)
+        if self._writing:
+            self._selector.remove_writer(self._fd)
+        self._reading = self._writing = False
+        self._pending.clear()
+        waiters, self._waiters = self._waiters, collections.deque()
+        for _, future in waiters:
+            if not future.done():
+                future.set_exception(WebSocketClosedError("the connection closed before the write"))
+                _silenced(future)
+        try:
+            self.socket.close()
+        except OSError:  # pragma: no cover
+            pass
+        self._aloop.call_soon(self.sink.connection_lost)
+
+    def _failed(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._aloop.create_future()
+        future.set_exception(WebSocketClosedError("the connection is closed"))
+        return future
+
+    def set_nodelay(self, value: bool) -> None:
+        if not self._closed:
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if value else 0)
+            except OSError:
+                pass
+
+
+class StreamTransport:
+    """A Tornado IOStream (TLS, or where the socket cannot be taken over) behind the same interface."""
+
+    __slots__ = ("sink", "stream", "_aloop", "_paused", "_read_pending", "_into_frame", "_closed")
+
+    def __init__(self, stream: IOStream, sink: TransportSink, aloop: asyncio.AbstractEventLoop):
+        self.sink = sink
+        self.stream = stream
+        self._aloop = aloop
+        self._paused = True
+        self._read_pending = False
+        self._into_frame = False
+        self._closed = False
+        stream.set_close_callback(self._on_close)
+
+    @property
+    def socket(self) -> Optional[socket.socket]:
+        return self.stream.socket
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.stream.closed()
+
+    @property
+    def buffered_bytes(self) -> int:
+        buffered = self.stream._write_buffer  # None once the stream is closed
+        return 0 if buffered is None else len(buffered)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if not self._read_pending:
+                self._read_more()
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def _read_more(self) -> None:
+        stream = self.stream
+        work = 0
+        while not self._paused and not self.closed:
+            if work >= YIELD_AFTER_BYTES:
+                # A flood must not keep the event loop to itself.
+                self._read_pending = True
+                IOLoop.current().add_callback(self._resume_after_yield)
+                return
+            space = self.sink.frame_space()
+            self._into_frame = space is not None
+            try:
+                if space is not None:
+                    future = cast("asyncio.Future[Any]", stream.read_into(space, partial=True))  # type: ignore[arg-type]
+                else:
+                    future = cast("asyncio.Future[Any]", stream.read_bytes(READ_CHUNK_SIZE, partial=True))
+            except StreamClosedError:
+                return  # the close callback tells the sink
+            if not future.done():
+                self._read_pending = True
+                future.add_done_callback(self._on_read)
+                return
+            work += self._deliver(future)
+
+    def _resume_after_yield(self) -> None:
+        self._read_pending = False
+        self._read_more()
+
+    def _on_read(self, future: asyncio.Future[Any]) -> None:
+        self._read_pending = False
+        self._deliver(future)
+        self._read_more()
+
+    def _deliver(self, future: asyncio.Future[Any]) -> int:
+        """Hand one completed read to the sink; return how many bytes it brought."""
+        try:
+            data = future.result()
+        except StreamClosedError:
+            return 0
+        if self._into_frame:
+            self.sink.frame_filled(data)
+            return int(data)
+        self.sink.data_received(data)
+        return len(data)
+
+    def write(self, parts: Sequence[bytes]) -> Optional[asyncio.Future[None]]:
+        """As :meth:`SocketTransport.write`; the IOStream decides when bytes leave."""
+        try:
+            for part in parts[:-1]:
+                self.stream.write(part)
+            written = self.stream.write(parts[-1])
+        except StreamClosedError:
+            future: asyncio.Future[None] = self._aloop.create_future()
+            future.set_exception(WebSocketClosedError("the connection is closed"))
+            return _silenced(future)
+        if written.done() and written.exception() is None:
+            return None
+        return _closed_as_websocket(written, self._aloop)
+
+    def flushed(self) -> asyncio.Future[None]:
+        if self.closed:
+            future: asyncio.Future[None] = self._aloop.create_future()
+            future.set_exception(WebSocketClosedError("the connection is closed"))
+            return _silenced(future)
+        return _closed_as_websocket(self.stream.write(b""), self._aloop)
+
+    def shutdown_write(self) -> None:
+        """TLS cannot half-close under an IOStream: close the connection."""
+        sock = self.stream.socket
+        if self.closed or sock is None:
+            return
+        if isinstance(self.stream, SSLIOStream):
+            self.abort()
+            return
+        self.flushed().add_done_callback(lambda _: self._shutdown_now())
+
+    def _shutdown_now(self) -> None:
+        sock = self.stream.socket
+        if sock is None or self.stream.closed():
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.abort()
+
+    def abort(self) -> None:
+        self.stream.close()
+
+    def _on_close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.sink.connection_lost()
+
+    def set_nodelay(self, value: bool) -> None:
+        self.stream.set_nodelay(value)
+
+
+def chain(source: asyncio.Future[Any], target: asyncio.Future[None]) -> None:
+    """Complete ``target`` when ``source`` does; any error becomes WebSocketClosedError."""
+
+    def copy(f: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if f.cancelled() or f.exception() is not None:
+            target.set_exception(WebSocketClosedError("the connection closed before the write"))
+            _silenced(target)
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(copy)
+
+
+def _closed_as_websocket(source: asyncio.Future[Any], aloop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """A future completing with ``source``; a stream error becomes WebSocketClosedError."""
+    target: asyncio.Future[None] = aloop.create_future()
+    chain(source, target)
+    return target
+
+
+Transport = Union[SocketTransport, StreamTransport]
+
+
+def make_transport(stream: IOStream, sink: TransportSink) -> Transport:
+    """The transport for an upgraded ``stream``, paused until ``resume_reading()``.
+
+    A plain TCP stream with nothing left to write is taken over: its socket
+    and the bytes it had read past the handshake leave the IOStream (which
+    must not be used again) for a :class:`SocketTransport`. Otherwise the
+    stream stays, behind a :class:`StreamTransport`.
+    """
+    io_loop = IOLoop.current()
+    aloop: asyncio.AbstractEventLoop = io_loop.asyncio_loop  # type: ignore[attr-defined]
+    # Tornado's own registry: on a proactor loop (Windows) this is its selector thread.
+    selector = getattr(io_loop, "selector_loop", aloop)
+    buffered = getattr(stream, "_read_buffer_size", None)
+    sock = stream.socket
+    if (
+        isinstance(stream, SSLIOStream)
+        or type(buffered) is not int
+        or sock is None
+        or stream.closed()
+        or stream.reading()
+        or stream.writing()
+        or not hasattr(selector, "add_reader")
+    ):
+        return StreamTransport(stream, sink, aloop)
+    leftover = b""
+    if buffered:
+        # Completes at once, from the stream's buffer.
+        leftover = cast("asyncio.Future[bytes]", stream.read_bytes(buffered)).result()
+    io_loop.remove_handler(sock.fileno())
+    return SocketTransport(sock, sink, selector, aloop, leftover)
+
