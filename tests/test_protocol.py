@@ -1419,7 +1419,9 @@ def test_frame_buffer_filled_rejects_more_than_the_frame_has():
 
 def test_pooled_frame_buffers_never_leak_an_earlier_message():
     """Buffers are reused across frames and connections: each message is exactly its own bytes."""
-    from tornado_websocket.buffers import FRAME_BUFFERS
+    from tornado_websocket.buffers import frame_buffers
+
+    pool = frame_buffers()
 
     sizes = [400_000, 70_000, 300_000, 65_536, 400_000]
     a, b = server(), server()
@@ -1431,7 +1433,7 @@ def test_pooled_frame_buffers_never_leak_an_earlier_message():
             assert p.feed(frame[:head]) == []
             events = _receive_into(p, frame[head:], 1 << 20)
             assert [e.data for e in events] == [payload]
-    assert 0 < FRAME_BUFFERS.pooled_bytes <= FRAME_BUFFERS.max_bytes
+    assert 0 < pool.pooled_bytes <= pool.max_bytes
 
 
 def test_large_unmasked_frame_on_the_client_side():
@@ -1446,13 +1448,75 @@ def test_large_unmasked_frame_on_the_client_side():
 
 def test_a_connection_dropped_mid_frame_does_not_return_its_buffer():
     """The I/O layer may still hold a view of the buffer: it must not go back to the pool."""
-    from tornado_websocket.buffers import FRAME_BUFFERS
+    from tornado_websocket.buffers import frame_buffers
+
+    pool = frame_buffers()
 
     p = server()
     p.feed(cf(BINARY, os.urandom(500_000))[:200_000])
     space = p.frame_buffer_space()
     assert space is not None
-    before = FRAME_BUFFERS.pooled_bytes
+    before = pool.pooled_bytes
     p.release()
-    assert FRAME_BUFFERS.pooled_bytes <= before
+    assert pool.pooled_bytes <= before
     space[:4] = b"late"  # a late write lands in a buffer nobody else has
+
+
+# -- sending back the text just received ------------------------------------------------
+
+
+def test_sending_the_received_str_reuses_its_utf8_bytes():
+    from tornado_websocket import protocol as protocol_module
+
+    """An echo or relay of the very str just decoded is not encoded again, and the frame is the same."""
+    text = "échange-данные-数据 " * 100
+    p = server()
+    (event,) = p.feed(cf(TEXT, text.encode()))
+    assert event.utf8 == text.encode()
+    recent = protocol_module.RECENT_TEXT
+    recent.text, recent.utf8 = event.data, event.utf8  # as the connection does before on_message
+    header, payload = p.encode_message_parts(event.data, False)
+    assert payload == text.encode()
+    assert payload is event.utf8  # the received bytes, not a new encoding
+    copy = "".join(list(event.data))  # equal, but another object: encoded normally
+    assert copy is not event.data
+    assert p.encode_message_parts(copy, False) == (header, payload)
+    assert p.encode_message_parts(copy, False)[1] is not payload
+    assert p.encode_message(event.data, False) == header + payload
+
+
+def test_reused_utf8_goes_through_deflate_and_client_masking():
+    c_ext, s_ext, _ = deflate_pair()
+    text = "données " * 500
+    srv, cli = server(), Protocol(is_client=True, deflate=c_ext)
+    (event,) = srv.feed(cf(TEXT, text.encode()))
+    from tornado_websocket.protocol import RECENT_TEXT
+
+    RECENT_TEXT.text, RECENT_TEXT.utf8 = event.data, event.utf8
+    wire = cli.encode_message(event.data, False)  # masked, compressed
+    peer = server(deflate=s_ext)
+    assert [e.data for e in peer.feed(wire)] == [text]
+
+
+def test_recent_text_is_per_thread():
+    import threading
+
+    from tornado_websocket.protocol import RECENT_TEXT
+
+    p = server()
+    (event,) = p.feed(cf(TEXT, b"ours"))
+    RECENT_TEXT.text, RECENT_TEXT.utf8 = event.data, event.utf8
+    seen = []
+
+    def other() -> None:
+        q = server()
+        (e,) = q.feed(cf(TEXT, b"theirs"))
+        seen.append(RECENT_TEXT.text)  # nothing set in this thread
+        RECENT_TEXT.text, RECENT_TEXT.utf8 = e.data, e.utf8
+        seen.append(q.encode_message_parts(e.data, False)[1])
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(10)
+    assert seen == [None, b"theirs"]
+    assert p.encode_message_parts(event.data, False)[1] is event.utf8

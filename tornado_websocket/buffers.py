@@ -5,12 +5,13 @@ time it is written (the C allocator serves large blocks with ``mmap`` and
 returns them to the system on free), which for 1 MiB messages costs more
 than receiving and unmasking them. Large frame payloads are therefore
 received into buffers taken from a small process-wide pool and handed back
-once unmasked into the message's own ``bytes``. The event loop is single-
-threaded per process; the pool is not meant to be shared between threads.
+once unmasked into the message's own ``bytes``. Each thread (each event
+loop) has a pool of its own.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 #: Largest buffer the pool keeps (larger frames get a buffer of their own).
@@ -60,5 +61,14 @@ class BufferPool:
         self._bytes += size
 
 
-#: The pool every Protocol of this process receives large frames into.
-FRAME_BUFFERS = BufferPool()
+class _ThreadPools(threading.local):
+    def __init__(self) -> None:
+        self.frames = BufferPool()
+
+
+_THREAD = _ThreadPools()
+
+
+def frame_buffers() -> BufferPool:
+    """The pool the Protocols of the calling thread receive large frames into."""
+    return _THREAD.frames

@@ -24,6 +24,7 @@ from tornado.log import app_log, gen_log
 from tornado_websocket.errors import WebSocketClosedError, WebSocketError
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.protocol import (
+    RECENT_TEXT,
     CloseReceived,
     Event,
     Message,
@@ -221,6 +222,7 @@ class WebSocketConnection:
         """
         protocol = self.protocol
         owner = self.owner
+        recent = RECENT_TEXT
         self._batch = []
         try:
             for index in range(start, len(events)):
@@ -231,6 +233,10 @@ class WebSocketConnection:
                 if cls is Message:
                     if self._failed:
                         continue  # user code failed and we closed with 1011: do not feed it more
+                    utf8 = event.utf8  # type: ignore[union-attr]
+                    if utf8 is not None:
+                        recent.text = event.data  # type: ignore[union-attr, assignment]
+                        recent.utf8 = utf8
                     try:
                         result = owner._on_ws_message(event.data)  # type: ignore[union-attr]
                     except (Exception, asyncio.CancelledError):

@@ -13,9 +13,10 @@ Server and client share it; ``is_client`` decides who masks.
 from __future__ import annotations
 
 import codecs
+import threading
 from typing import Callable, Optional, Union
 
-from tornado_websocket.buffers import FRAME_BUFFERS
+from tornado_websocket.buffers import frame_buffers
 from tornado_websocket.deflate import DeflateError, PerMessageDeflate
 from tornado_websocket.errors import ProtocolError, WebSocketClosedError
 from tornado_websocket.frames import (
@@ -44,12 +45,18 @@ _new_utf8_decoder: Callable[[], codecs.IncrementalDecoder] = codecs.getincrement
 
 
 class Message:
-    """A complete data message: ``str`` for text, ``bytes`` for binary."""
+    """A complete data message: ``str`` for text, ``bytes`` for binary.
 
-    __slots__ = ("data",)
+    ``utf8`` is the payload a whole text frame was decoded from (else None):
+    the I/O layer puts it in :data:`RECENT_TEXT` while the message is
+    handled, so that sending it back does not encode it again.
+    """
 
-    def __init__(self, data: Union[str, bytes]) -> None:
+    __slots__ = ("data", "utf8")
+
+    def __init__(self, data: Union[str, bytes], utf8: Optional[bytes] = None) -> None:
         self.data = data
+        self.utf8 = utf8
 
     def __repr__(self) -> str:
         return f"Message({self.data!r})"
@@ -88,6 +95,25 @@ class CloseReceived:
 
 #: Payloads from this size are unmasked out of a memoryview of the input rather than a copy.
 UNMASK_VIEW_MIN = 1024
+
+
+class RecentText(threading.local):
+    """The text message being handled in this thread, with the UTF-8 bytes it came from.
+
+    Sending that very ``str`` object (an echo, a relay, a broadcast loop)
+    reuses the bytes instead of encoding it anew: for non-ASCII text
+    encoding costs about as much as decoding. Matched by identity, and the
+    reference held keeps the object alive, so another string can never
+    match. Holds one message per thread.
+    """
+
+    def __init__(self) -> None:
+        self.text: Optional[str] = None
+        self.utf8 = b""
+
+
+#: Set by the connection before it hands a text :class:`Message` to user code.
+RECENT_TEXT = RecentText()
 
 
 class ProtocolViolation:
@@ -310,7 +336,7 @@ class Protocol:
                 pos = stop
                 if opcode == OP_TEXT:
                     try:
-                        events.append(Message(payload.decode("utf-8")))
+                        events.append(Message(payload.decode("utf-8"), payload))
                     except UnicodeDecodeError:
                         raise ProtocolError(
                             CloseCode.INVALID_DATA, "text message is not valid UTF-8"
@@ -354,7 +380,7 @@ class Protocol:
                 return None
             # A quarter of a large binary frame is in: gather the whole payload in one
             # buffer (not sooner, so that a bare header cannot make us allocate it).
-            buf = FRAME_BUFFERS.take(self._frame_length)
+            buf = frame_buffers().take(self._frame_length)
             filled = 0
             for piece in self._frame_raw:
                 buf[filled : filled + len(piece)] = piece
@@ -385,7 +411,7 @@ class Protocol:
         self._frame_buf = None
         with memoryview(buf) as view:
             self._frame_complete(view[: self._frame_length], events)
-        FRAME_BUFFERS.give(buf)
+        frame_buffers().give(buf)
 
     def _frame_complete(self, masked_payload: Union[bytes, memoryview], events: list[Event]) -> None:
         """The whole (still masked) payload of a large binary frame is in: unmask it into its own bytes."""
@@ -505,7 +531,11 @@ class Protocol:
         """Like :meth:`encode_message`, as ``(header, payload)`` to send without joining them."""
         if self.close_sent:
             raise WebSocketClosedError("the connection is closing")
-        payload = data.encode("utf-8") if isinstance(data, str) else data
+        if isinstance(data, str):
+            recent = RECENT_TEXT
+            payload = recent.utf8 if data is recent.text else data.encode("utf-8")
+        else:
+            payload = data
         opcode = OP_BINARY if binary else OP_TEXT
         deflate = self.deflate
         if deflate is not None:
