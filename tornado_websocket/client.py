@@ -76,7 +76,13 @@ class WebSocketClientConnection:
 
     @property
     def stream(self) -> Optional[IOStream]:
-        """The underlying IOStream (as on Tornado's client), ``None`` before the handshake."""
+        """The IOStream of the handshake (as on Tornado's client), ``None`` before it.
+
+        Over TLS it carries the connection. Over plain TCP the socket leaves it
+        after the handshake (see :mod:`tornado_websocket.transport`):
+        ``stream.socket`` is still the socket, but reading or writing the
+        stream is not supported.
+        """
         return self._connection.stream if self._connection is not None else None
 
     @property
@@ -342,7 +348,7 @@ async def _connect(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
     )
-    stream.set_nodelay(True)
+    connection.set_nodelay(True)
     client._attach(connection)
     return client
 

@@ -121,7 +121,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
             max_write_buffer_size=self.max_write_buffer_size,
         )
         self._connection = self.ws_connection = connection
-        stream.set_nodelay(True)
+        connection.set_nodelay(True)
         try:
             result = self.open(*args, **kwargs)
             if result is not None:

@@ -38,6 +38,8 @@ YIELD_AFTER_BYTES = 4 * 1024 * 1024
 
 Buffer = Union[bytes, bytearray, memoryview]
 
+_HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
+
 
 class TransportSink(Protocol):
     """What a transport calls: the connection."""
@@ -151,8 +153,9 @@ class SocketTransport:
     def _read_ahead(self) -> None:
         """Readable while paused: keep the bytes (bounded) and notice the end of the connection."""
         buf = _THREAD.receive
+        room = PAUSED_READ_AHEAD - (0 if self._backlog is None else len(self._backlog))
         try:
-            n = self.socket.recv_into(buf)
+            n = self.socket.recv_into(buf, max(room, 1))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -204,7 +207,7 @@ class SocketTransport:
         sent = 0
         if not pending:
             try:
-                sent = self.socket.send(parts[0]) if len(parts) == 1 else self.socket.sendmsg(parts)
+                sent = self._send_parts(parts)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -228,6 +231,14 @@ class SocketTransport:
         self._waiters.append((self._queued, future))
         return future
 
+    def _send_parts(self, parts: Sequence[Buffer]) -> int:
+        """One system call for ``parts``; raises OSError (BlockingIOError when the kernel is full)."""
+        if len(parts) == 1:
+            return self.socket.send(parts[0])
+        if _HAS_SENDMSG:
+            return self.socket.sendmsg(parts)
+        return self.socket.send(b"".join(parts))  # pragma: no cover - Windows has no sendmsg
+
     def flushed(self) -> asyncio.Future[None]:
         """A future that completes once everything written so far is with the kernel."""
         if self._closed:
@@ -242,10 +253,7 @@ class SocketTransport:
     def _write_ready(self) -> None:
         pending = self._pending
         try:
-            if len(pending) == 1:
-                sent = self.socket.send(pending[0])
-            else:
-                sent = self.socket.sendmsg([pending[i] for i in range(min(len(pending), MAX_IOVEC))])
+            sent = self._send_parts([pending[i] for i in range(min(len(pending), MAX_IOVEC))])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
