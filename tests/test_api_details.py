@@ -106,3 +106,27 @@ async def test_ping_timeout_longer_than_the_interval_is_capped(harness, signal, 
     (handler,) = await signal.wait("open")
     assert handler._connection.ping_timeout == 10
     assert any("cannot be longer" in r.getMessage() for r in caplog.records)
+
+
+async def test_ws_connection_stream_stands_in_for_the_iostream(harness, signal):
+    """Apps reach for ws_connection.stream (socket, close, closed, set_nodelay) as on Tornado."""
+    import socket
+
+    from tornado_websocket.transport import DetachedStream
+
+    harness.serve([(r"/ws", Recorder, {"signal": signal})])
+    ws = await harness.ws()
+    (handler,) = await signal.wait("open")
+    stream = handler.ws_connection.stream
+    assert isinstance(stream, DetachedStream)  # plain TCP: the socket left the IOStream
+    assert isinstance(stream.socket, socket.socket)
+    assert stream.socket.getpeername() == ws.local_address[:2]
+    assert stream.fileno() == stream.socket.fileno()
+    stream.set_nodelay(False)
+    assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    assert not stream.closed()
+    stream.close()  # drops TCP, no close handshake
+    assert stream.closed()
+    assert await signal.wait("close") == [(None, None)]
+    await bounded(ws.wait_closed())
+    assert ws.close_code == 1006

@@ -34,6 +34,7 @@ from tornado_websocket.errors import (
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.inbox import Data, MessageInbox
 from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol
+from tornado_websocket.transport import DetachedStream
 
 MAX_RESPONSE_HEAD = 64 * 1024
 MAX_ERROR_BODY = 64 * 1024
@@ -75,14 +76,8 @@ class WebSocketClientConnection:
         return None if connection is None or connection.closed else connection
 
     @property
-    def stream(self) -> Optional[IOStream]:
-        """The IOStream of the handshake (as on Tornado's client), ``None`` before it.
-
-        Over TLS it carries the connection. Over plain TCP the socket leaves it
-        after the handshake (see :mod:`tornado_websocket.transport`):
-        ``stream.socket`` is still the socket, but reading or writing the
-        stream is not supported.
-        """
+    def stream(self) -> Optional[Union[IOStream, DetachedStream]]:
+        """As on Tornado's client: ``None`` before the handshake, else see :attr:`WebSocketConnection.stream`."""
         return self._connection.stream if self._connection is not None else None
 
     @property

@@ -33,7 +33,14 @@ from tornado_websocket.protocol import (
     Protocol,
     ProtocolViolation,
 )
-from tornado_websocket.transport import Buffer, chain, make_transport
+from tornado_websocket.transport import (
+    Buffer,
+    DetachedStream,
+    SocketTransport,
+    StreamTransport,
+    chain,
+    make_transport,
+)
 
 # Dispatching yields to the event loop (and pauses reading) after YIELD_AFTER_WORK units of
 # work, FRAME_WORK per event: a read full of tiny frames cannot starve other connections.
@@ -86,7 +93,7 @@ class WebSocketConnection:
     """
 
     __slots__ = (
-        "stream",
+        "_stream",
         "transport",
         "protocol",
         "owner",
@@ -122,7 +129,7 @@ class WebSocketConnection:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         max_write_buffer_size: Optional[int] = DEFAULT_MAX_WRITE_BUFFER_SIZE,
     ) -> None:
-        self.stream = stream
+        self._stream: Optional[IOStream] = stream
         self.protocol = protocol
         self.owner = owner
         self.ping_interval = ping_interval or 0.0
@@ -156,8 +163,10 @@ class WebSocketConnection:
         self._ping_timer: Optional[object] = None
         # Pings we sent and wait a pong for: (payload, future, time sent).
         self._pings: list[tuple[bytes, asyncio.Future[float], float]] = []
-        # Plain TCP leaves the IOStream here (see make_transport); `stream` stays for compatibility.
         self.transport = make_transport(stream, self)
+        if not isinstance(self.transport, StreamTransport):
+            # The socket left the IOStream (plain TCP): nothing may use the stream again.
+            self._stream = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -169,6 +178,20 @@ class WebSocketConnection:
         self.transport.resume_reading()
         if self.ping_interval > 0:
             self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
+
+    @property
+    def stream(self) -> Union[IOStream, DetachedStream]:
+        """Tornado's ``stream``: the IOStream of a TLS connection, else a stand-in for it.
+
+        Over plain TCP the socket left the IOStream after the upgrade (see
+        :func:`~tornado_websocket.transport.make_transport`);
+        :class:`~tornado_websocket.transport.DetachedStream` keeps what
+        applications use: ``socket``, ``close()``, ``closed()``, ``set_nodelay()``.
+        """
+        if self._stream is not None:
+            return self._stream
+        assert isinstance(self.transport, SocketTransport)
+        return DetachedStream(self.transport)
 
     @property
     def event_loop(self) -> asyncio.AbstractEventLoop:

@@ -234,6 +234,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
         # keep neither for the life of the WebSocket (memory per idle connection).
         self._headers = _NO_HEADERS
         self.request.connection = None
+        self.request.server_connection = None  # it holds the IOStream, which the socket may leave
         return stream
 
     # HTTP response methods make no sense once the connection is a WebSocket.

@@ -88,7 +88,6 @@ class SocketTransport:
         "_queued",
         "_sent",
         "_waiters",
-        "_writing",
         "_shutdown_pending",
     )
 
@@ -110,11 +109,11 @@ class SocketTransport:
         self._paused = True  # what arrives goes to _backlog rather than the sink
         self._backlog: Optional[bytearray] = bytearray(received) if received else None
         self._closed = False
-        self._pending: collections.deque[memoryview] = collections.deque()
+        self._pending: Optional[collections.deque[memoryview]] = None  # unsent bytes, None when none
         self._queued = 0  # bytes ever queued in _pending
         self._sent = 0  # of those, bytes handed to the kernel
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
-        self._writing = False
+        # Futures of writes that had to wait, with the _queued count each waits for.
+        self._waiters: Optional[collections.deque[tuple[int, asyncio.Future[None]]]] = None
         self._shutdown_pending = False
         selector.add_reader(self._fd, self._read_ready)
 
@@ -205,7 +204,7 @@ class SocketTransport:
             return _silenced(self._failed())
         pending = self._pending
         sent = 0
-        if not pending:
+        if pending is None:
             try:
                 sent = self._send_parts(parts)
             except (BlockingIOError, InterruptedError):
@@ -218,16 +217,23 @@ class SocketTransport:
             if sent >= size:
                 sent -= size
                 continue
+            if pending is None:
+                # What the kernel did not take waits here, as views of the caller's bytes.
+                pending = self._pending = collections.deque()
+                self._selector.add_writer(self._fd, self._write_ready)
             view = memoryview(part)
             pending.append(view[sent:] if sent else view)
             self._queued += size - sent
             sent = 0
-        if not pending:
+        if pending is None:
             return None
-        if not self._writing:
-            self._writing = True
-            self._selector.add_writer(self._fd, self._write_ready)
+        return self._waiter()
+
+    def _waiter(self) -> asyncio.Future[None]:
+        """A future for when everything queued so far has been sent."""
         future: asyncio.Future[None] = self._aloop.create_future()
+        if self._waiters is None:
+            self._waiters = collections.deque()
         self._waiters.append((self._queued, future))
         return future
 
@@ -243,15 +249,15 @@ class SocketTransport:
         """A future that completes once everything written so far is with the kernel."""
         if self._closed:
             return _silenced(self._failed())
+        if self._pending is not None:
+            return self._waiter()
         future: asyncio.Future[None] = self._aloop.create_future()
-        if self._pending:
-            self._waiters.append((self._queued, future))
-        else:
-            future.set_result(None)
+        future.set_result(None)
         return future
 
     def _write_ready(self) -> None:
         pending = self._pending
+        assert pending is not None
         try:
             sent = self._send_parts([pending[i] for i in range(min(len(pending), MAX_IOVEC))])
         except (BlockingIOError, InterruptedError):
@@ -269,12 +275,15 @@ class SocketTransport:
                 pending[0] = head[sent:]
                 sent = 0
         waiters = self._waiters
-        while waiters and waiters[0][0] <= self._sent:
-            future = waiters.popleft()[1]
-            if not future.done():
-                future.set_result(None)
+        if waiters is not None:
+            while waiters and waiters[0][0] <= self._sent:
+                future = waiters.popleft()[1]
+                if not future.done():
+                    future.set_result(None)
+            if not waiters:
+                self._waiters = None
         if not pending:
-            self._writing = False
+            self._pending = None  # an idle connection keeps no queue (a deque is 760 bytes)
             self._selector.remove_writer(self._fd)
             if self._shutdown_pending:
                 self._shutdown_now()
@@ -283,7 +292,7 @@ class SocketTransport:
         """Half-close TCP (send FIN) once everything written has left."""
         if self._closed:
             return
-        if self._pending:
+        if self._pending is not None:
             self._shutdown_pending = True
         else:
             self._shutdown_now()
@@ -304,11 +313,11 @@ class SocketTransport:
         self._backlog = None
         if self._reading:
             self._selector.remove_reader(self._fd)
-        if self._writing:
+        if self._pending is not None:
             self._selector.remove_writer(self._fd)
-        self._reading = self._writing = False
-        self._pending.clear()
-        waiters, self._waiters = self._waiters, collections.deque()
+        self._reading = False
+        self._pending = None
+        waiters, self._waiters = self._waiters or (), None
         for _, future in waiters:
             if not future.done():
                 future.set_exception(WebSocketClosedError("the connection closed before the write"))
@@ -330,6 +339,38 @@ class SocketTransport:
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if value else 0)
             except OSError:
                 pass
+
+
+class DetachedStream:
+    """Stands in for the IOStream a :class:`SocketTransport` took the socket from.
+
+    Applications written for ``tornado.websocket`` reach for
+    ``ws_connection.stream`` (or the client's ``stream``) to get the socket
+    or to drop the connection; those keep working. Reading and writing go
+    through the WebSocket connection only.
+    """
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: SocketTransport) -> None:
+        self._transport = transport
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._transport.socket
+
+    def fileno(self) -> int:
+        return self._transport.socket.fileno()
+
+    def close(self, exc_info: Any = False) -> None:
+        """Drop the TCP connection (as ``IOStream.close``)."""
+        self._transport.abort()
+
+    def closed(self) -> bool:
+        return self._transport.closed
+
+    def set_nodelay(self, value: bool) -> None:
+        self._transport.set_nodelay(value)
 
 
 class StreamTransport:
