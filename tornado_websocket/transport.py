@@ -206,7 +206,7 @@ class SocketTransport:
         sent = 0
         if pending is None:
             try:
-                sent = self._send_parts(parts)
+                sent = self._send_parts(parts if len(parts) <= MAX_IOVEC else parts[:MAX_IOVEC])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -387,6 +387,8 @@ class StreamTransport:
         self._into_frame = False
         self._closed = False
         stream.set_close_callback(self._on_close)
+        if stream.closed():  # closed before us (the peer left during the upgrade): IOStream will not call back
+            aloop.call_soon(self._on_close)
 
     @property
     def socket(self) -> Optional[socket.socket]:
