@@ -33,6 +33,9 @@ echo "== mypy --strict"
 mypy
 echo "== pytest"
 python3 -m pytest -p no:cacheprovider "$@"
+echo "== pytest again without the C speedups (pure-Python masking)"
+TORNADO_WEBSOCKET_NO_SPEEDUPS=1 python3 -m pytest -p no:cacheprovider -q \
+    tests/test_frames.py tests/test_protocol.py tests/test_transport.py tests/test_server_wire.py tests/test_client.py
 
 echo "== fuzz (atheris, 60 s)"
 corpus=$(mktemp -d)

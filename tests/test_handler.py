@@ -775,3 +775,39 @@ async def test_open_receives_path_arguments_and_subprotocol(harness):
     ws = await harness.ws("/room/lobby/alice", subprotocols=["a", "b"])
     assert ws.subprotocol == "b"
     assert await bounded(ws.recv()) == "lobby/alice"
+
+
+# -- when the replies to one read leave ---------------------------------------------------
+
+
+class BatchProbe(tornado_websocket.WebSocketHandler):
+    """Records, for each message, how many frames written earlier in this read still wait."""
+
+    def initialize(self, signal):
+        self.signal = signal
+
+    def on_message(self, message):
+        batch = self.ws_connection._batch
+        self.signal.fire("waiting", len(batch) if batch else 0)
+        self.write_message("re:" + message)
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_replies_to_one_read_leave_together_unless_handling_is_slow(harness, signal, monkeypatch, slow):
+    """One send per read; but once FLUSH_AFTER has passed, what is ready leaves before the next message."""
+    from tornado_websocket import connection as connection_module
+
+    now = [0.0]
+
+    def clock() -> float:
+        if slow:
+            now[0] += connection_module.FLUSH_AFTER  # every message takes the whole budget
+        return now[0]
+
+    monkeypatch.setattr(connection_module, "_clock", clock)
+    harness.serve([(r"/ws", BatchProbe, {"signal": signal})])
+    client = await harness.raw_ws()
+    await client.send(b"".join(build_frame(OP_TEXT, f"{i}".encode()) for i in range(4)))
+    waiting = await signal.wait("waiting", 4)
+    assert waiting == ([0, 0, 0, 0] if slow else [0, 1, 2, 3])
+    assert [await client.read_text() for _ in range(4)] == ["re:0", "re:1", "re:2", "re:3"]

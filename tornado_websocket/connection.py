@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Any, Awaitable, Callable, Optional, Union
 from typing import Protocol as TypingProtocol
 
@@ -46,6 +47,10 @@ from tornado_websocket.transport import (
 # work, FRAME_WORK per event: a read full of tiny frames cannot starve other connections.
 YIELD_AFTER_WORK = 256 * 1024
 FRAME_WORK = 1024
+# Frames written while one read is dispatched leave together, but none waits longer than
+# FLUSH_AFTER seconds behind the handling of later messages (see docs/architecture.md).
+FLUSH_AFTER = 100e-6
+_clock = time.perf_counter
 # Payloads from this size on are written without joining them to their header
 # (``sendmsg`` of both); a batch of at most MAX_GATHER frames holding this many
 # bytes is written the same way instead of being joined.
@@ -246,6 +251,8 @@ class WebSocketConnection:
         protocol = self.protocol
         owner = self.owner
         recent = RECENT_TEXT
+        clock = _clock
+        flush_at = clock() + FLUSH_AFTER
         self._batch = []
         try:
             for index in range(start, len(events)):
@@ -284,6 +291,12 @@ class WebSocketConnection:
                     assert isinstance(event, ProtocolViolation)
                     self._on_violation(event)
                 self._work += FRAME_WORK
+                if self._batch and clock() >= flush_at:
+                    # Slow handlers (compression, heavy user code): what is ready leaves now,
+                    # so the peer works on it while we handle the rest of the read.
+                    self._flush_batch()
+                    self._batch = []
+                    flush_at = clock() + FLUSH_AFTER
                 if self._work >= YIELD_AFTER_WORK and index + 1 < len(events):
                     self._work = 0
                     self._loop.add_callback(self._resume, events, index + 1)

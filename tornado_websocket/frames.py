@@ -86,13 +86,19 @@ def _mask_python(mask: bytes, data: _Buffer) -> bytes:
 
 _mask_any: Optional[Callable[[bytes, _Buffer], bytes]]  # takes any buffer
 _mask_bytes: Optional[Callable[[bytes, bytes], bytes]]  # takes bytes only
+#: Set TORNADO_WEBSOCKET_NO_SPEEDUPS=1 to use the fallbacks (the test suite runs both ways).
+NO_SPEEDUPS = bool(os.environ.get("TORNADO_WEBSOCKET_NO_SPEEDUPS"))
 try:
+    if NO_SPEEDUPS:
+        raise ImportError("TORNADO_WEBSOCKET_NO_SPEEDUPS is set")
     from tornado_websocket._speedups import mask as _mask_any
-except ImportError:  # pragma: no cover - built without a C compiler
+except ImportError:  # built without a C compiler, or switched off
     _mask_any = None
 try:
+    if NO_SPEEDUPS:
+        raise ImportError("TORNADO_WEBSOCKET_NO_SPEEDUPS is set")
     from tornado.speedups import websocket_mask as _mask_bytes
-except ImportError:  # pragma: no cover - depends on how tornado was built
+except ImportError:  # depends on how tornado was built
     _mask_bytes = None
 
 
