@@ -153,15 +153,8 @@ class SocketTransport:
         """Readable while paused: keep the bytes (bounded) and notice the end of the connection."""
         buf = _THREAD.receive
         room = PAUSED_READ_AHEAD - (0 if self._backlog is None else len(self._backlog))
-        try:
-            n = self.socket.recv_into(buf, max(room, 1))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.abort()
-            return
-        if not n:
-            self.abort()
+        n = self._recv_into(buf, max(room, 1))
+        if n <= 0:
             return
         if self._backlog is None:
             self._backlog = bytearray(buf[:n])
@@ -178,19 +171,25 @@ class SocketTransport:
         sink = self.sink
         space = sink.frame_space()
         buf = _THREAD.receive if space is None else space
-        try:
-            n = self.socket.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
+        n = self._recv_into(buf)
+        if n <= 0:
             return
-        except OSError:
-            self.abort()
-            return
-        if not n:
-            self.abort()  # the peer closed TCP
-        elif space is None:
+        if space is None:
             sink.data_received(buf[:n])
         else:
             sink.frame_filled(n)
+
+    def _recv_into(self, buf: memoryview, size: int = 0) -> int:
+        """``recv_into``: the count, -1 when nothing is there after all, 0 once TCP ended (then aborted)."""
+        try:
+            n = self.socket.recv_into(buf, size)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError:
+            n = 0  # reset: the same as the peer closing, for us
+        if not n:
+            self.abort()
+        return n
 
     # -- writing -------------------------------------------------------------
 
