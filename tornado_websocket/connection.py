@@ -41,6 +41,7 @@ from tornado_websocket.transport import (
     StreamTransport,
     chain,
     make_transport,
+    silence,
 )
 
 # Dispatching yields to the event loop (and pauses reading) after YIELD_AFTER_WORK units of
@@ -80,14 +81,8 @@ class ConnectionOwner(TypingProtocol):
         """The connection is gone; called exactly once."""
 
 
-def _silence(future: asyncio.Future[Any]) -> None:
-    """Mark a failed future's exception as retrieved so asyncio does not log it."""
-    if not future.cancelled():
-        future.exception()
-
-
 class WebSocketConnection:
-    """One open WebSocket over ``stream``; see the module docstring.
+    """One open WebSocket over the upgraded ``stream`` (see :func:`make_transport`); see the module docstring.
 
     ``ping_interval`` (seconds, ``None`` or 0 for none) sends keepalive pings;
     when ``ping_timeout`` is positive a pong must follow each within that
@@ -156,10 +151,10 @@ class WebSocketConnection:
         self._loop = IOLoop.current()
         self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
         self._work = 0  # bytes and events handled since the loop last ran other callbacks
-        self._failed = False  # user code raised: messages still queued in a chunk are dropped
+        self._failed = False  # user code raised: messages still queued from the same read are dropped
         self._closed_waiter: Optional[asyncio.Future[None]] = None
         self._close_callbacks: Optional[list[Callable[[WebSocketConnection], None]]] = None
-        #: Bytes the IOStream may hold for a peer that does not read before the connection is dropped.
+        #: Unsent bytes a peer that does not read may leave waiting before the connection is dropped.
         self.max_write_buffer_size = max_write_buffer_size
         self._batch: Optional[list[bytes]] = None
         self._batch_future: Optional[asyncio.Future[None]] = None
@@ -419,7 +414,7 @@ class WebSocketConnection:
         for _, future, _ in pings:
             if not future.done():
                 future.set_exception(WebSocketClosedError("the connection closed before the pong"))
-                _silence(future)
+                silence(future)
         self.transport.abort()
         self.protocol.release()
         callbacks, self._close_callbacks = self._close_callbacks or [], None
@@ -447,7 +442,7 @@ class WebSocketConnection:
         return self._send(frame)
 
     def _flush_batch(self) -> asyncio.Future[None]:
-        """Write the frames queued while handling a chunk with one system call."""
+        """Write the frames queued while handling a read with one system call."""
         batch = self._batch
         assert batch
         self._batch = None
@@ -547,7 +542,7 @@ class WebSocketConnection:
             _, oldest, _ = pings.pop(0)
             if not oldest.done():
                 oldest.set_exception(WebSocketError("no pong came before more pings were sent"))
-                _silence(oldest)
+                silence(oldest)
         pings.append((data, future, self._loop.time()))
         self._write(frame)
         return future

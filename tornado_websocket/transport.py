@@ -57,7 +57,8 @@ class TransportSink(Protocol):
         """The TCP connection is gone (called once, from the event loop)."""
 
 
-def _silenced(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+def silence(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """Mark a failed ``future``'s exception as retrieved (asyncio then does not log it); return it."""
     if not future.cancelled():
         future.exception()
     return future
@@ -200,7 +201,7 @@ class SocketTransport:
         closes first (also returned, already failed, once closed).
         """
         if self._closed:
-            return _silenced(self._failed())
+            return silence(self._failed())
         pending = self._pending
         sent = 0
         if pending is None:
@@ -210,7 +211,7 @@ class SocketTransport:
                 sent = 0
             except OSError:
                 self.abort()
-                return _silenced(self._failed())
+                return silence(self._failed())
         for part in parts:
             size = len(part)
             if sent >= size:
@@ -247,7 +248,7 @@ class SocketTransport:
     def flushed(self) -> asyncio.Future[None]:
         """A future that completes once everything written so far is with the kernel."""
         if self._closed:
-            return _silenced(self._failed())
+            return silence(self._failed())
         if self._pending is not None:
             return self._waiter()
         future: asyncio.Future[None] = self._aloop.create_future()
@@ -320,7 +321,7 @@ class SocketTransport:
         for _, future in waiters:
             if not future.done():
                 future.set_exception(WebSocketClosedError("the connection closed before the write"))
-                _silenced(future)
+                silence(future)
         try:
             self.socket.close()
         except OSError:  # pragma: no cover
@@ -465,7 +466,7 @@ class StreamTransport:
         except StreamClosedError:
             future: asyncio.Future[None] = self._aloop.create_future()
             future.set_exception(WebSocketClosedError("the connection is closed"))
-            return _silenced(future)
+            return silence(future)
         if written.done() and written.exception() is None:
             return None
         return _closed_as_websocket(written, self._aloop)
@@ -474,7 +475,7 @@ class StreamTransport:
         if self.closed:
             future: asyncio.Future[None] = self._aloop.create_future()
             future.set_exception(WebSocketClosedError("the connection is closed"))
-            return _silenced(future)
+            return silence(future)
         return _closed_as_websocket(self.stream.write(b""), self._aloop)
 
     def shutdown_write(self) -> None:
@@ -516,7 +517,7 @@ def chain(source: asyncio.Future[Any], target: asyncio.Future[None]) -> None:
             return
         if f.cancelled() or f.exception() is not None:
             target.set_exception(WebSocketClosedError("the connection closed before the write"))
-            _silenced(target)
+            silence(target)
         else:
             target.set_result(None)
 
