@@ -3,13 +3,14 @@
 Start the fuzzing server (``wstest -m fuzzingserver``), then run
 ``python demos/autobahn_client.py ws://127.0.0.1:9001``. Every case is
 echoed with ``websocket_connect`` (permessage-deflate offered) and the
-reports are updated at the end.
+reports are updated at the end. ``scripts/autobahn.py`` does all of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Optional, Union
 
 import tornado_websocket
 
@@ -17,19 +18,32 @@ AGENT = "tornado_websocket"
 
 
 async def run_case(server: str, case: int) -> None:
+    """Echo every message of one case, in the message callback so each reply leaves in order."""
     url = f"{server}/runCase?case={case}&agent={AGENT}"
+    holder: list[tornado_websocket.WebSocketClientConnection] = []
+    early: list[Union[str, bytes]] = []  # messages that came with the handshake, before we had `conn`
+
+    def echo(message: Optional[Union[str, bytes]]) -> None:
+        if message is None:
+            return
+        if not holder:
+            early.append(message)
+            return
+        try:
+            holder[0].write_message(message, binary=isinstance(message, bytes))
+        except tornado_websocket.WebSocketClosedError:
+            pass  # the case closed the connection (or we did, on a protocol violation)
+
     try:
         conn = await tornado_websocket.websocket_connect(
-            url, compression_options={}, max_message_size=64 * 1024 * 1024
+            url, compression_options={}, max_message_size=64 * 1024 * 1024, on_message_callback=echo
         )
     except tornado_websocket.WebSocketError as exc:
         print(f"case {case}: {exc}")
         return
-    async for message in conn:
-        try:
-            await conn.write_message(message, binary=isinstance(message, bytes))
-        except tornado_websocket.WebSocketClosedError:
-            break
+    holder.append(conn)
+    for message in early:
+        echo(message)
     await conn.wait_closed()
 
 

@@ -1294,3 +1294,42 @@ async def test_deflate_bomb_from_server_is_stopped_by_the_client(clients):
         assert await bounded(conn.read_message()) is None
         await bounded(conn.wait_closed())
     assert closes[0].opcode == OP_CLOSE and closes[0].close_code == 1009
+
+
+async def test_frames_sent_with_the_101_wait_until_the_caller_has_the_connection():
+    """on_message_callback does not run before an awaited websocket_connect returned: an echo keeps its order.
+
+    As Autobahn case 3.2: the 101, a text message and a frame with RSV2 set
+    arrive in one TCP write. The text must be echoed before our Close (1002).
+    """
+    holder: list[Any] = []
+    seen_without_connection: list[Any] = []
+
+    def echo(message: Any) -> None:
+        if message is None:
+            return
+        if not holder:
+            seen_without_connection.append(message)
+            return
+        holder[0].write_message(message)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, headers = await read_request(reader)
+        bad = bytearray(server_frame(OP_TEXT, b"bad"))
+        bad[0] |= 0x20  # RSV2: no extension gives it a meaning
+        writer.write(switching(headers["Sec-WebSocket-Key"]) + server_frame(OP_TEXT, b"Hello") + bytes(bad))
+        first = await read_client_frame(reader)
+        second = await read_client_frame(reader)
+        assert (first.opcode, first.payload) == (OP_TEXT, b"Hello"), first
+        assert second.opcode == OP_CLOSE and second.close_code == 1002, second
+        writer.write(server_frame(OP_CLOSE, struct.pack("!H", 1002)))
+        await drain_and_drop(writer)
+
+    async with RawServer(handle) as server:
+        # Awaited directly: asyncio.wait_for (bounded) would add loop turns before we see the result.
+        # The test's own timeout (pytest-timeout) bounds it.
+        conn = await tornado_websocket.websocket_connect(server.url(), on_message_callback=echo)
+        holder.append(conn)
+        await bounded(conn.wait_closed())
+    assert seen_without_connection == []
+    assert conn.close_code is None  # we failed the connection (1002): the peer's answer is not read

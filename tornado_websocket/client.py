@@ -67,7 +67,11 @@ class WebSocketClientConnection:
 
     def _attach(self, connection: WebSocketConnection) -> None:
         self._connection = connection
-        connection.start()
+
+    def _start(self) -> None:
+        """Start dispatching (see _start_connection)."""
+        if self._connection is not None:
+            self._connection.start()
 
     @property
     def protocol(self) -> Optional[WebSocketConnection]:
@@ -223,7 +227,21 @@ def websocket_connect(
     if callback is not None:
         warnings.warn("the callback argument is deprecated, await the result instead", DeprecationWarning, stacklevel=2)
         IOLoop.current().add_future(future, callback)
+    future.add_done_callback(_start_connection)
     return future
+
+
+def _start_connection(future: asyncio.Future[WebSocketClientConnection]) -> None:
+    """Start dispatching one loop turn after the connect future's own callbacks.
+
+    Frames that came with the handshake wait, read ahead, until then: a
+    caller that awaits ``websocket_connect`` directly holds the connection
+    before ``on_message_callback`` first runs, so its replies keep their
+    order (Autobahn cases 3.2 and alike). Wrappers that add loop turns
+    (``asyncio.wait_for``) can still see messages first, as with Tornado.
+    """
+    if not future.cancelled() and future.exception() is None:
+        IOLoop.current().add_callback(future.result()._start)
 
 
 async def _connect(
