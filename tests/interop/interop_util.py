@@ -16,6 +16,13 @@ Every pairing speaks the same tiny script over one WebSocket:
 
 Every wait is bounded (``asyncio.wait_for`` or a socket/subprocess timeout);
 every server listens on 127.0.0.1 only.
+
+The permessage-deflate tests (test_interop_deflate.py) run a script of their
+own but share the rest: the peers that both the plain and the deflate tests
+pair with (the websockets, aiohttp and Node ws servers, the Node ws and
+Chromium clients), our server, and the checks of how a close went. The
+JavaScript clients (Node and the browser page) run the scenarios written once
+in interop_client.js, with the payloads of payloads.js.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
 import pytest
 import tornado.web
@@ -77,6 +84,15 @@ CLIENT_REASON = "client says goodbye ✓"
 SERVER_REASON = "server says goodbye ✓"
 
 Message = Union[str, bytes]
+Report = dict[str, Any]  # what a client (theirs) saw, as it reports it
+
+# The echoed messages of the plain script, in order, named as in the reports.
+MESSAGES: list[tuple[str, Message]] = [
+    ("text", TEXT),
+    ("binary", BINARY),
+    ("big_binary", BIG_BINARY),
+    ("big_text", BIG_TEXT),
+]
 
 
 # -- peers that may be missing -------------------------------------------------
@@ -187,6 +203,96 @@ def check_echo(sent: Message, got: Any, what: str) -> None:
     assert got == sent, f"{what}: sent {describe(sent)}, got back different content {describe(got)}"
 
 
+def echo_field(report: Report, key: str, sent: Message, got: Any) -> None:
+    """Record in a Python client's report whether an echo came back unchanged (as the JS clients do)."""
+    report[f"{key}_ok"] = type(got) is type(sent) and got == sent
+    report[f"{key}_got"] = describe(got)
+
+
+# -- the peers and the pairings ----------------------------------------------------------
+
+
+PeerT = TypeVar("PeerT", bound="Peer")
+
+
+class Peer:
+    """One peer of the matrix: ``peer`` names its row (see matrix.py), ``id`` its tests' pytest id.
+
+    The peers that the plain and the deflate tests share are instantiated once
+    per test module, with the row name (``peer``) that module reports them under
+    and, for the Node and browser peers, ``deflate`` to turn permessage-deflate on.
+    """
+
+    peer = ""
+    id = ""
+
+    def __init__(self, peer: str = "", deflate: bool = False) -> None:
+        if peer:
+            self.peer = peer
+        self.deflate = deflate
+
+    def require(self) -> None:
+        """Skip the test (fail it under CI) when the peer is not installed."""
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def start(self: PeerT, record_property: Any) -> PeerT:
+        """A test's first step: record the peer's version for the matrix, then require the peer."""
+        record_property("peer_version", self.version())
+        self.require()
+        return self
+
+
+class PythonPeer(Peer):
+    """A peer written in Python: ``module`` of the distribution ``dist`` must import."""
+
+    module = ""
+    dist = ""
+
+    def require(self) -> None:
+        require_module(self.module, self.dist)
+
+    def version(self) -> str:
+        return dist_version(self.dist)
+
+
+class NodePeer(Peer):
+    node = ""
+
+    def require(self) -> None:
+        self.node = require_node()
+
+    def version(self) -> str:
+        return node_ws_version()
+
+
+class ChromiumPeer(Peer):
+    """Headless Chromium (Debian's, never a downloaded one) driven by Playwright."""
+
+    def require(self) -> None:
+        require_chromium()
+
+    def version(self) -> str:
+        return chromium_version()
+
+
+def pairings(peers: Iterable[Peer], direction: str, known_bugs: Mapping[str, str]) -> list[Any]:
+    """pytest params for one test: each peer's id, marked as its pairing of the matrix.
+
+    ``known_bugs`` maps a peer id to the reason of a strict xfail (a bug of ours).
+    """
+    params = []
+    for peer in peers:
+        marks = [pytest.mark.interop(peer=peer.peer, direction=direction)]
+        bug = known_bugs.get(peer.id)
+        if bug:
+            marks.append(pytest.mark.xfail(strict=True, reason=bug))
+        params.append(pytest.param(peer.id, id=peer.id, marks=marks))
+    return params
+
+
 # -- our server ----------------------------------------------------------------------
 
 
@@ -216,7 +322,10 @@ class RecordingHandler(tornado_websocket.WebSocketHandler):
     """Our server: echo, record, and obey cmd:ping / cmd:close."""
 
     def open(self) -> None:
-        self.record = ServerRecord()
+        self.start_record(ServerRecord())
+
+    def start_record(self, record: ServerRecord) -> None:
+        self.record = record
         self._tasks: set[asyncio.Task[None]] = set()
         self.settings["recorder"].connections.put_nowait(self.record)
 
@@ -257,6 +366,9 @@ BROWSER_PAGE = """<!doctype html>
 </body></html>
 """
 
+# What /interop.js serves, in order: the page's side of every scenario.
+BROWSER_SCRIPTS = ("payloads.js", "interop_client.js", "browser_client.js")
+
 
 class PageHandler(tornado.web.RequestHandler):
     def get(self) -> None:
@@ -272,13 +384,15 @@ class NoContentHandler(tornado.web.RequestHandler):
 class ScriptHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/javascript; charset=utf-8")
-        self.write((HERE / "browser_client.js").read_text(encoding="utf-8"))
+        for name in BROWSER_SCRIPTS:
+            self.write((HERE / name).read_text(encoding="utf-8") + "\n")
 
 
 @dataclass
-class OurServer:
+class Endpoint:
+    """Where a client (theirs) goes: a port on 127.0.0.1, our server's or a relay's in front of it."""
+
     port: int
-    recorder: Recorder
 
     @property
     def ws_url(self) -> str:
@@ -289,28 +403,67 @@ class OurServer:
         return f"http://127.0.0.1:{self.port}/"
 
 
+@dataclass
+class OurServer(Endpoint):
+    recorder: Recorder
+
+    async def finished_record(self) -> ServerRecord:
+        """What our handler saw on the next connection, once its on_close has run."""
+        record = await self.recorder.next_connection()
+        await within(record.closed.wait(), "our handler's on_close")
+        return record
+
+
 @contextlib.asynccontextmanager
-async def our_server() -> AsyncIterator[OurServer]:
-    """Our tornado_websocket server on a free 127.0.0.1 port."""
+async def tornado_listening(app: tornado.web.Application, what: str) -> AsyncIterator[int]:
+    """``app`` served on a free 127.0.0.1 port (yielded); every connection closed on the way out."""
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(app)
+    server.add_sockets(sockets)
+    try:
+        yield sockets[0].getsockname()[1]
+    finally:
+        server.stop()
+        await within(server.close_all_connections(), f"{what} to close its connections", 10)
+
+
+@contextlib.asynccontextmanager
+async def listening(starting: Awaitable[Any], what: str) -> AsyncIterator[int]:
+    """The port of a server that ``starting`` starts on 127.0.0.1 (an asyncio or a websockets
+    server, anything with ``sockets``, ``close()`` and ``wait_closed()``); closed on the way out."""
+    server = await within(starting, f"{what} to start")
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await within(server.wait_closed(), f"{what} to stop", 10)
+
+
+@contextlib.asynccontextmanager
+async def our_server(handler: type[RecordingHandler] = RecordingHandler) -> AsyncIterator[OurServer]:
+    """Our tornado_websocket server on a free 127.0.0.1 port, with the browser's page."""
     recorder = Recorder()
     app = tornado.web.Application(
         [
             (r"/", PageHandler),
             (r"/interop.js", ScriptHandler),
             (r"/favicon.ico", NoContentHandler),
-            (r"/ws", RecordingHandler),
+            (r"/ws", handler),
         ],
         recorder=recorder,
         websocket_max_message_size=MAX_SIZE,
     )
-    sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(app)
-    server.add_sockets(sockets)
-    try:
-        yield OurServer(sockets[0].getsockname()[1], recorder)
-    finally:
-        server.stop()
-        await within(server.close_all_connections(), "our server to close its connections", 10)
+    async with tornado_listening(app, "our server") as port:
+        yield OurServer(port, recorder)
+
+
+async def against_our_server(
+    client_run: Callable[[Endpoint], Awaitable[Report]], handler: type[RecordingHandler] = RecordingHandler
+) -> tuple[Report, ServerRecord]:
+    """A client's report of one scenario (``client_run``) against our server, and what our handler saw."""
+    async with our_server(handler) as server:
+        report = await client_run(server)
+        return report, await server.finished_record()
 
 
 def check_server_record_after_exchange(
@@ -340,13 +493,401 @@ def check_server_record_after_exchange(
     )
 
 
-# -- a peer server's log (for our client) ---------------------------------------------
+def check_close_report(peer: str, close: Mapping[str, Any], reason: Optional[str] = None) -> None:
+    """How a client (theirs) reported the Close frame it got from our server.
+
+    Code 4000; and ``reason`` when it is given (after cmd:close): our reply
+    to the client's own Close echoes its code, the reason is optional.
+    """
+    if reason is None:
+        assert close.get("code") == CLOSE_CODE, f"{peer} saw our close reply as {close!r}"
+    else:
+        assert (close.get("code"), close.get("reason")) == (CLOSE_CODE, reason), f"{peer} saw the close as {close!r}"
+    if "wasClean" in close:
+        assert close["wasClean"] is True, f"{peer} saw an unclean close: {close!r}"
+
+
+# -- their clients (against our server) -----------------------------------------------
+
+
+class Client(Peer):
+    can_ping = True  # can this client send a ping (a browser page cannot)?
+
+    async def exchange(self, target: Endpoint) -> Report:
+        raise NotImplementedError
+
+    async def server_close(self, target: Endpoint) -> Report:
+        raise NotImplementedError
+
+
+class ScriptClient(Client):
+    """A JavaScript client: it runs the scenarios of interop_client.js (the deflate ones if ``deflate``)."""
+
+    async def run_scenario(self, target: Endpoint, scenario: str) -> Report:
+        raise NotImplementedError
+
+    async def exchange(self, target: Endpoint) -> Report:
+        return await self.run_scenario(target, "deflateExchange" if self.deflate else "exchange")
+
+    async def server_close(self, target: Endpoint) -> Report:
+        return await self.run_scenario(target, "deflateServerClose" if self.deflate else "serverClose")
+
+
+class NodeWsClient(ScriptClient, NodePeer):
+    """node/client.js, Node's ws package; one process a scenario."""
+
+    peer = "ws (Node.js)"
+    id = "node-ws"
+
+    async def run_scenario(self, target: Endpoint, scenario: str) -> Report:
+        proc = await asyncio.create_subprocess_exec(
+            self.node,
+            str(NODE_DIR / "client.js"),
+            target.ws_url,
+            scenario,
+            cwd=str(NODE_DIR),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await within(proc.communicate(), f"the node client ({scenario})", 50)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await within(proc.wait(), "the killed node client", 10)
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        try:
+            report: Report = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            raise AssertionError(f"node client printed no report: rc={proc.returncode} stdout={out!r} stderr={err!r}")
+        if proc.returncode != 0:
+            report.setdefault("error", f"node client exited {proc.returncode}: {err.decode(errors='replace')}")
+        return report
+
+
+class ChromiumClient(ScriptClient, ChromiumPeer):
+    """A page our server serves (browser_client.js), in a fresh headless Chromium a scenario."""
+
+    peer = "Chromium"
+    id = "chromium"
+    can_ping = False  # a page's WebSocket cannot send pings; it answers ours
+
+    async def run_scenario(self, target: Endpoint, scenario: str) -> Report:
+        from playwright.async_api import async_playwright
+
+        async with async_playwright() as p:  # its driver talks over pipes; the scenario bounds it
+            browser = await within(
+                p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30000),
+                "Chromium to start",
+                30,
+            )
+            try:
+                page = await within(browser.new_page(), "a new page")
+                console: list[str] = []
+                page.on("console", lambda m: console.append(m.text))
+                await within(page.goto(target.page_url, timeout=20000), "the page to load")
+                await within(page.wait_for_function("window.interop !== undefined", timeout=20000), "the script")
+                try:
+                    report: Report = await within(
+                        page.evaluate(f"url => window.interop.{scenario}(url)", target.ws_url),
+                        f"the page's {scenario}()",
+                        40,
+                    )
+                except Exception as exc:
+                    report = {"error": f"{exc}; console: {console}"}
+                return report
+            finally:
+                await within(browser.close(), "Chromium to close")
+
+
+class WebsocketsClientBase(Client, PythonPeer):
+    """The websockets client; the plain and the deflate tests each write its scenarios."""
+
+    peer = id = dist = "websockets"
+    module = "websockets.asyncio.client"
+
+    @staticmethod
+    def connect(url: str) -> Any:
+        from websockets.asyncio.client import connect
+
+        return connect(
+            url,
+            compression="deflate",  # the default, said out loud: offered, and declined by our plain server
+            max_size=MAX_SIZE,
+            open_timeout=STEP_TIMEOUT,
+            close_timeout=STEP_TIMEOUT,
+            ping_interval=None,
+        )
+
+    @staticmethod
+    def close_frame(ws: Any) -> dict[str, Any]:
+        rcvd = ws.protocol.close_rcvd  # the Close frame the server sent
+        return {"code": rcvd and rcvd.code, "reason": rcvd and rcvd.reason}
+
+    async def await_server_close(self, ws: Any) -> Report:
+        """After cmd:close: {"close": the server's Close frame}, or {"error": ...} if a message came first."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            extra = await within(ws.recv(), "the close")
+            return {"error": f"got a message instead of the close: {describe(extra)}"}
+        except ConnectionClosed:
+            pass
+        await within(ws.wait_closed(), "the connection to close")
+        return {"close": self.close_frame(ws)}
+
+
+# -- their servers (for our client) ---------------------------------------------------
 
 
 @dataclass
 class PeerServerLog:
-    """What a peer server saw: closes as (code, reason), pings as payloads."""
+    """What a peer server saw: closes as (code, reason), pings as payloads, and per connection
+    the Sec-WebSocket-Extensions it answered (``accepted``) and its own view of the extensions."""
 
     closes: asyncio.Queue[tuple[Optional[int], Optional[str]]] = field(default_factory=asyncio.Queue)
     pings: list[bytes] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    accepted: asyncio.Queue[Optional[str]] = field(default_factory=asyncio.Queue)
+    views: list[Any] = field(default_factory=list)
+
+    def connected(self, accepted: Optional[str], view: Any) -> None:
+        self.accepted.put_nowait(accepted)
+        self.views.append(view)
+
+
+class Server(Peer):
+    reports_pings = True  # does the server let us see the pings it received?
+
+    def serve(self) -> Any:
+        """An async context manager yielding (port, PeerServerLog).
+
+        The server listens on 127.0.0.1 and serves /ws; it echoes, obeys
+        cmd:ping and cmd:close (see this module's docstring) and logs what it saw.
+        """
+        raise NotImplementedError
+
+
+class WebsocketsServer(Server, PythonPeer):
+    peer = id = dist = "websockets"
+    module = "websockets.asyncio.server"
+    reports_pings = False  # websockets answers pings internally
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[tuple[int, PeerServerLog]]:
+        from websockets.asyncio.server import serve
+        from websockets.exceptions import ConnectionClosed
+
+        log = PeerServerLog()
+
+        async def handler(ws: Any) -> None:
+            log.connected(
+                ws.response.headers.get("Sec-WebSocket-Extensions"),
+                [getattr(e, "name", type(e).__name__) for e in ws.protocol.extensions],
+            )
+            try:
+                async for message in ws:
+                    if message == CMD_PING:
+                        waiter = await ws.ping(SERVER_PING)
+                        await asyncio.wait_for(waiter, STEP_TIMEOUT)
+                        await ws.send(PING_REPLY)
+                    elif message == CMD_CLOSE:
+                        await ws.close(CLOSE_CODE, SERVER_REASON)
+                    else:
+                        await ws.send(message)
+            except ConnectionClosed:
+                pass
+            except Exception as exc:
+                log.notes.append(f"handler error: {exc!r}")
+            finally:
+                await asyncio.wait_for(ws.wait_closed(), STEP_TIMEOUT)
+                rcvd = ws.protocol.close_rcvd  # the Close frame our client sent
+                log.closes.put_nowait((rcvd and rcvd.code, rcvd and rcvd.reason))
+
+        starting = serve(
+            handler,
+            "127.0.0.1",
+            0,
+            compression="deflate",  # the default, said out loud
+            max_size=MAX_SIZE,
+            ping_interval=None,
+            close_timeout=STEP_TIMEOUT,
+        )
+        async with listening(starting, "the websockets server") as port:
+            yield port, log
+
+
+class AiohttpServer(Server, PythonPeer):
+    peer = id = dist = "aiohttp"
+    module = "aiohttp.web"
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[tuple[int, PeerServerLog]]:
+        from aiohttp import WSMsgType, web
+
+        log = PeerServerLog()
+
+        async def handler(request: web.Request) -> web.WebSocketResponse:
+            # autoping off so that the pings and pongs are seen here.
+            ws = web.WebSocketResponse(compress=True, max_msg_size=MAX_SIZE, autoping=False, heartbeat=None)
+            await ws.prepare(request)
+            log.connected(ws.headers.get("Sec-WebSocket-Extensions"), {"compress": ws.compress})
+            waiting_pong = False
+            try:
+                while True:
+                    msg = await asyncio.wait_for(ws.receive(), STEP_TIMEOUT * 2)
+                    if msg.type is WSMsgType.TEXT:
+                        if msg.data == CMD_PING:
+                            waiting_pong = True
+                            await ws.ping(SERVER_PING)
+                        elif msg.data == CMD_CLOSE:
+                            await ws.close(code=CLOSE_CODE, message=SERVER_REASON.encode("utf-8"))
+                        else:
+                            await ws.send_str(msg.data)
+                    elif msg.type is WSMsgType.BINARY:
+                        await ws.send_bytes(msg.data)
+                    elif msg.type is WSMsgType.PING:
+                        log.pings.append(msg.data)
+                        await ws.pong(msg.data)
+                    elif msg.type is WSMsgType.PONG:
+                        if waiting_pong and msg.data == SERVER_PING:
+                            waiting_pong = False
+                            await ws.send_str(PING_REPLY)
+                    elif msg.type is WSMsgType.CLOSE:
+                        log.closes.put_nowait((msg.data, msg.extra))
+                        break
+                    else:  # CLOSING, CLOSED (after our own close), ERROR
+                        if msg.type is WSMsgType.ERROR:
+                            log.notes.append(f"error: {ws.exception()!r}")
+                        log.closes.put_nowait((ws.close_code, None))
+                        break
+            except Exception as exc:
+                log.notes.append(f"handler error: {exc!r}")
+                log.closes.put_nowait((None, repr(exc)))
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/ws", handler)
+        runner = web.AppRunner(app, handle_signals=False)
+        await within(runner.setup(), "the aiohttp app to start")
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await within(site.start(), "the aiohttp site to start")
+        try:
+            yield runner.addresses[0][1], log
+        finally:
+            await within(runner.cleanup(), "the aiohttp server to stop")
+
+
+class NodeWsServer(Server, NodePeer):
+    """node/server.js, Node's ws package; permessage-deflate on if ``deflate``."""
+
+    peer = "ws (Node.js)"
+    id = "node-ws"
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[tuple[int, PeerServerLog]]:
+        log = PeerServerLog()
+        proc = await asyncio.create_subprocess_exec(
+            self.node,
+            str(NODE_DIR / "server.js"),
+            *(["deflate"] if self.deflate else []),
+            cwd=str(NODE_DIR),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        reader: Optional[asyncio.Task[None]] = None
+        try:
+            line = await within(proc.stdout.readline(), "the node server to print its port")
+            try:
+                port = int(json.loads(line)["port"])
+            except (ValueError, KeyError, TypeError):
+                stderr = await within(proc.stderr.read(), "the node server's stderr") if proc.stderr else b""
+                raise AssertionError(f"node server did not start: {line!r} {stderr!r}")
+
+            async def read_events() -> None:
+                assert proc.stdout is not None
+                while True:
+                    raw = await proc.stdout.readline()
+                    if not raw:
+                        return
+                    event = json.loads(raw)
+                    if event["event"] == "connection":
+                        log.connected(
+                            event["accepted"], {"offered": event["offered"], "negotiated": event["negotiated"]}
+                        )
+                    elif event["event"] == "close":
+                        log.closes.put_nowait((event["code"], event["reason"]))
+                    elif event["event"] == "ping":
+                        log.pings.append(event["data"].encode("utf-8"))
+                    elif event["event"] == "error":
+                        log.notes.append(event["message"])
+
+            reader = asyncio.ensure_future(read_events())
+            yield port, log
+        finally:
+            proc.stdin.close()  # the server exits when stdin closes
+            try:
+                await within(proc.wait(), "the node server to exit", 10)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await within(proc.wait(), "the killed node server", 10)
+                if reader is not None:
+                    await within(reader, "the node server's output to end", 10)
+
+
+# -- our client ------------------------------------------------------------------------
+
+
+async def our_client(port: int, **options: Any) -> tornado_websocket.WebSocketClientConnection:
+    """Our client, connected to ws://127.0.0.1:port/ws (``options`` go to websocket_connect)."""
+    conn: tornado_websocket.WebSocketClientConnection = await within(
+        tornado_websocket.websocket_connect(
+            f"ws://127.0.0.1:{port}/ws", max_message_size=MAX_SIZE, connect_timeout=STEP_TIMEOUT, **options
+        ),
+        "our client's opening handshake",
+    )
+    return conn
+
+
+async def echo_through(
+    conn: tornado_websocket.WebSocketClientConnection, messages: Iterable[tuple[str, Message]], peer: str
+) -> None:
+    """Each message, sent by our client, must come back unchanged before the next is sent."""
+    for what, message in messages:
+        await within(conn.write_message(message, binary=isinstance(message, bytes)), f"sending {what}")
+        check_echo(message, await within(conn.read_message(), f"the echo of {what}"), f"{peer}: {what} echo")
+
+
+async def close_from_our_client(
+    conn: tornado_websocket.WebSocketClientConnection, log: PeerServerLog, peer: str
+) -> None:
+    """Our client closes with 4000: the peer server must report that code and reason, and reply."""
+    conn.close(CLOSE_CODE, CLIENT_REASON)
+    await within(conn.wait_closed(), "our client to close")
+    code, reason = await within(log.closes.get(), f"{peer} to report the close")
+    assert (code, reason) == (CLOSE_CODE, CLIENT_REASON), (
+        f"{peer} saw our close as code {code!r} reason {reason!r} (notes: {log.notes})"
+    )
+    # The server replied to our Close (with any code: aiohttp and autobahn say 1000, others echo 4000).
+    assert conn.close_code is not None, f"our client got no close reply from {peer}"
+    assert not log.notes, log.notes
+
+
+async def close_from_peer_server(
+    conn: tornado_websocket.WebSocketClientConnection, log: PeerServerLog, peer: str
+) -> None:
+    """cmd:close: the peer server closes with 4000 and a reason, our client must see both, and reply."""
+    await within(conn.write_message(CMD_CLOSE), "sending cmd:close")
+    message = await within(conn.read_message(), "the end of the messages")
+    assert message is None, f"got {describe(message)} instead of the close"
+    await within(conn.wait_closed(), "our client to close")
+    assert (conn.close_code, conn.close_reason) == (CLOSE_CODE, SERVER_REASON), (
+        f"our client saw {peer}'s close as code {conn.close_code!r} reason {conn.close_reason!r}"
+    )
+    code, reason = await within(log.closes.get(), f"{peer} to report the close")
+    print(f"{peer} saw our close reply as code {code!r} reason {reason!r}")
+    assert code is not None, f"{peer} got no close reply from our client (notes: {log.notes})"

@@ -31,9 +31,11 @@ that they get their own rows in ``matrix.py``. As in the rest of the matrix,
 every wait is bounded, everything listens on 127.0.0.1 only, and a missing
 peer is skipped locally but fails when ``CI`` is set.
 
-The Node client and the browser page build the same payloads from
-``deflate_payloads.js``; ``node/deflate_client.js``, ``node/deflate_server.js``
-and ``deflate_browser_client.js`` are the peers' scripts.
+The Node client and the browser page run the deflate scenarios of
+``interop_client.js`` (built from the same payloads, in ``payloads.js``),
+and the Node server is ``node/server.js deflate``. What the peers share with
+the plain tests (the peer servers, the Node and Chromium clients, the
+websockets client's connection) is in interop_util.py.
 """
 
 from __future__ import annotations
@@ -47,39 +49,40 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
 import pytest
-import tornado.web
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
-
-import tornado_websocket
 
 from .interop_util import (
     BINARY,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     CLIENT_REASON,
     CLOSE_CODE,
     CMD_CLOSE,
-    HERE,
     MAX_SIZE,
-    NODE_DIR,
     SERVER_REASON,
     STEP_TIMEOUT,
+    AiohttpServer,
+    ChromiumClient,
+    Client,
+    Endpoint,
     Message,
-    NoContentHandler,
-    PageHandler,
+    NodeWsClient,
+    NodeWsServer,
     PeerServerLog,
-    Recorder,
+    PythonPeer,
     RecordingHandler,
+    Report,
     ServerRecord,
+    WebsocketsClientBase,
+    WebsocketsServer,
+    against_our_server,
+    check_close_report,
     check_echo,
-    chromium_version,
+    close_from_our_client,
+    close_from_peer_server,
     describe,
-    dist_version,
-    node_ws_version,
-    require_chromium,
-    require_module,
-    require_node,
+    echo_field,
+    echo_through,
+    our_client,
+    our_server,
+    pairings,
     run,
     within,
 )
@@ -87,9 +90,7 @@ from .interop_util import (
 OUR_SERVER = "our_server_their_client"
 OUR_CLIENT = "their_server_our_client"
 
-Report = dict[str, Any]
-
-# -- the payloads (deflate_payloads.js builds the same ones for Node and the browser) ---------------
+# -- the payloads (payloads.js builds the same ones for Node and the browser) ---------------------
 
 TEXT = "hello, wörld ✓ — deflate interop 🚀"
 BIG_SIZE = 1024 * 1024
@@ -147,7 +148,7 @@ PROBE_REPEAT = 8
 
 
 def _window_probe() -> bytes:
-    """A 16 KiB xorshift32 block repeated 8 times (see windowProbe() in deflate_payloads.js)."""
+    """A 16 KiB xorshift32 block repeated 8 times (see windowProbe() in payloads.js)."""
     mask = 0xFFFFFFFF
     x = 2463534242
     block = bytearray(PROBE_BLOCK)
@@ -213,12 +214,6 @@ def same_header(a: Optional[str], b: Optional[str]) -> bool:
         return "".join((v or "").split()).lower()
 
     return norm(a) == norm(b)
-
-
-def echo_field(report: Report, key: str, sent: Message, got: Any) -> None:
-    """Record in a Python client's report whether an echo came back unchanged (as the JS clients do)."""
-    report[f"{key}_ok"] = type(got) is type(sent) and got == sent
-    report[f"{key}_got"] = describe(got)
 
 
 def conversation_fields(report: Report, sent: list[str], got: list[Any]) -> None:
@@ -411,54 +406,13 @@ class DeflateHandler(RecordingHandler):
 
     def open(self) -> None:
         connection = self.ws_connection
-        self.record = DeflateRecord(
-            offered=", ".join(self.request.headers.get_list("Sec-WebSocket-Extensions")),
-            accepted=self._accepted,
-            negotiated=connection is not None and connection.protocol.deflate is not None,
+        self.start_record(
+            DeflateRecord(
+                offered=", ".join(self.request.headers.get_list("Sec-WebSocket-Extensions")),
+                accepted=self._accepted,
+                negotiated=connection is not None and connection.protocol.deflate is not None,
+            )
         )
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.settings["recorder"].connections.put_nowait(self.record)
-
-
-class DeflateScriptHandler(tornado.web.RequestHandler):
-    def get(self) -> None:
-        self.set_header("Content-Type", "text/javascript; charset=utf-8")
-        for name in ("deflate_payloads.js", "deflate_browser_client.js"):
-            self.write((HERE / name).read_text(encoding="utf-8") + "\n")
-
-
-@dataclass
-class DeflateServer:
-    port: int
-    recorder: Recorder
-
-    async def next_record(self) -> DeflateRecord:
-        record = await self.recorder.next_connection()
-        assert isinstance(record, DeflateRecord)
-        return record
-
-
-@contextlib.asynccontextmanager
-async def our_deflate_server() -> AsyncIterator[DeflateServer]:
-    recorder = Recorder()
-    app = tornado.web.Application(
-        [
-            (r"/", PageHandler),  # loads /interop.js
-            (r"/interop.js", DeflateScriptHandler),
-            (r"/favicon.ico", NoContentHandler),
-            (r"/ws", DeflateHandler),
-        ],
-        recorder=recorder,
-        websocket_max_message_size=MAX_SIZE,
-    )
-    sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(app)
-    server.add_sockets(sockets)
-    try:
-        yield DeflateServer(sockets[0].getsockname()[1], recorder)
-    finally:
-        server.stop()
-        await within(server.close_all_connections(), "our server to close its connections", 10)
 
 
 def check_negotiated_by_our_server(peer: str, record: DeflateRecord) -> None:
@@ -467,63 +421,13 @@ def check_negotiated_by_our_server(peer: str, record: DeflateRecord) -> None:
     assert record.negotiated, f"our server answered {record.accepted!r} but runs {peer}'s connection uncompressed"
 
 
-# -- their clients (against our server) ------------------------------------------------
+# -- their clients (against our server; those of Node and Chromium are in interop_util.py) ------
+#
+# exchange(): run the exchange, close with 4000; report what came back (see check_client_report).
+# server_close(): send one chat message and cmd:close; report the close the server sent.
 
 
-@dataclass
-class Target:
-    port: int  # the relay's (or the server's) port
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def page_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-
-class Client:
-    peer = ""
-    id = ""
-
-    def require(self) -> None:
-        raise NotImplementedError
-
-    def version(self) -> str:
-        raise NotImplementedError
-
-    async def exchange(self, target: Target) -> Report:
-        """Run the exchange, close with 4000; report what came back (see check_client_report)."""
-        raise NotImplementedError
-
-    async def server_close(self, target: Target) -> Report:
-        """Send one chat message and cmd:close; report the close the server sent."""
-        raise NotImplementedError
-
-
-class WebsocketsClient(Client):
-    peer = "websockets (deflate)"
-    id = "websockets"
-
-    def require(self) -> None:
-        require_module("websockets.asyncio.client", "websockets")
-
-    def version(self) -> str:
-        return dist_version("websockets")
-
-    def _connect(self, url: str) -> Any:
-        from websockets.asyncio.client import connect
-
-        return connect(
-            url,
-            compression="deflate",  # the default, said out loud
-            max_size=MAX_SIZE,
-            open_timeout=STEP_TIMEOUT,
-            close_timeout=STEP_TIMEOUT,
-            ping_interval=None,
-        )
-
+class WebsocketsClient(WebsocketsClientBase):
     @staticmethod
     def _view(ws: Any) -> Report:
         return {
@@ -531,8 +435,8 @@ class WebsocketsClient(Client):
             "negotiated": [getattr(e, "name", type(e).__name__) for e in ws.protocol.extensions],
         }
 
-    async def exchange(self, target: Target) -> Report:
-        async with self._connect(target.ws_url) as ws:
+    async def exchange(self, target: Endpoint) -> Report:
+        async with self.connect(target.ws_url) as ws:
             report = self._view(ws)
             random = os.urandom(BIG_SIZE)
             report["big_random_sha256"] = sha256(random)
@@ -545,39 +449,21 @@ class WebsocketsClient(Client):
             got = [await within(ws.recv(), f"conversation echo {i}") for i in range(len(sent))]
             conversation_fields(report, sent, got)
             await within(ws.close(CLOSE_CODE, CLIENT_REASON), "the close handshake")
-            rcvd = ws.protocol.close_rcvd
-            report["close"] = {"code": rcvd and rcvd.code, "reason": rcvd and rcvd.reason}
+            report["close"] = self.close_frame(ws)
             return report
 
-    async def server_close(self, target: Target) -> Report:
-        from websockets.exceptions import ConnectionClosed
-
-        async with self._connect(target.ws_url) as ws:
+    async def server_close(self, target: Endpoint) -> Report:
+        async with self.connect(target.ws_url) as ws:
             report = self._view(ws)
             await within(ws.send(chat(0, "client")), "sending a chat message")
             report["echo_ok"] = await within(ws.recv(), "its echo") == chat(0, "client")
             await within(ws.send(CMD_CLOSE), "sending cmd:close")
-            try:
-                extra = await within(ws.recv(), "the close")
-                report["error"] = f"got a message instead of the close: {describe(extra)}"
-                return report
-            except ConnectionClosed:
-                pass
-            await within(ws.wait_closed(), "the connection to close")
-            rcvd = ws.protocol.close_rcvd
-            report["close"] = {"code": rcvd and rcvd.code, "reason": rcvd and rcvd.reason}
+            report.update(await self.await_server_close(ws))
             return report
 
 
-class AiohttpClient(Client):
-    peer = "aiohttp (deflate)"
-    id = "aiohttp"
-
-    def require(self) -> None:
-        require_module("aiohttp", "aiohttp")
-
-    def version(self) -> str:
-        return dist_version("aiohttp")
+class AiohttpClient(Client, PythonPeer):
+    id = dist = module = "aiohttp"
 
     @contextlib.asynccontextmanager
     async def _connect(self, url: str) -> AsyncIterator[tuple[Any, Report]]:
@@ -607,7 +493,7 @@ class AiohttpClient(Client):
             return msg.data
         return msg
 
-    async def exchange(self, target: Target) -> Report:
+    async def exchange(self, target: Endpoint) -> Report:
         async with self._connect(target.ws_url) as (ws, report):
             random = os.urandom(BIG_SIZE)
             report["big_random_sha256"] = sha256(random)
@@ -626,7 +512,7 @@ class AiohttpClient(Client):
             report["close"] = {"code": ws.close_code}
             return report
 
-    async def server_close(self, target: Target) -> Report:
+    async def server_close(self, target: Endpoint) -> Report:
         import aiohttp
 
         async with self._connect(target.ws_url) as (ws, report):
@@ -641,312 +527,31 @@ class AiohttpClient(Client):
             return report
 
 
-class NodeWsClient(Client):
-    peer = "ws (Node.js, deflate)"
-    id = "node-ws"
-
-    def require(self) -> None:
-        self.node = require_node()
-
-    def version(self) -> str:
-        return node_ws_version()
-
-    async def _run(self, url: str, mode: str) -> Report:
-        proc = await asyncio.create_subprocess_exec(
-            self.node,
-            str(NODE_DIR / "deflate_client.js"),
-            url,
-            mode,
-            cwd=str(NODE_DIR),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await within(proc.communicate(), f"the node client ({mode})", 50)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await within(proc.wait(), "the killed node client", 10)
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        try:
-            report: Report = json.loads(lines[-1])
-        except (IndexError, ValueError):
-            raise AssertionError(f"node client printed no report: rc={proc.returncode} stdout={out!r} stderr={err!r}")
-        if proc.returncode != 0:
-            report.setdefault("error", f"node client exited {proc.returncode}: {err.decode(errors='replace')}")
-        return report
-
-    async def exchange(self, target: Target) -> Report:
-        return await self._run(target.ws_url, "exchange")
-
-    async def server_close(self, target: Target) -> Report:
-        return await self._run(target.ws_url, "server-close")
-
-
-class ChromiumClient(Client):
-    """Headless Chromium (Debian's) driven by Playwright; it always offers permessage-deflate."""
-
-    peer = "Chromium (deflate)"
-    id = "chromium"
-
-    def require(self) -> None:
-        require_chromium()
-
-    def version(self) -> str:
-        return chromium_version()
-
-    async def _run(self, target: Target, function: str) -> Report:
-        from playwright.async_api import async_playwright
-
-        async with async_playwright() as p:
-            browser = await within(
-                p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30000),
-                "Chromium to start",
-                30,
-            )
-            try:
-                page = await within(browser.new_page(), "a new page")
-                console: list[str] = []
-                page.on("console", lambda m: console.append(m.text))
-                await within(page.goto(target.page_url, timeout=20000), "the page to load")
-                await within(page.wait_for_function("window.deflateInterop !== undefined", timeout=20000), "the script")
-                try:
-                    report: Report = await within(
-                        page.evaluate(f"url => window.deflateInterop.{function}(url)", target.ws_url),
-                        f"the page's {function}()",
-                        40,
-                    )
-                except Exception as exc:
-                    report = {"error": f"{exc}; console: {console}"}
-                return report
-            finally:
-                await within(browser.close(), "Chromium to close")
-
-    async def exchange(self, target: Target) -> Report:
-        return await self._run(target, "exchange")
-
-    async def server_close(self, target: Target) -> Report:
-        return await self._run(target, "serverClose")
-
-
-CLIENTS: dict[str, Client] = {c.id: c for c in (WebsocketsClient(), AiohttpClient(), NodeWsClient(), ChromiumClient())}
-
-
-# -- their servers (for our client) ------------------------------------------------------
-
-
-@dataclass
-class DeflateServerLog(PeerServerLog):
-    """A peer server's log, with the permessage-deflate answer it sent on each connection."""
-
-    # Per connection, in order: the Sec-WebSocket-Extensions it answered.
-    accepted: asyncio.Queue[Optional[str]] = field(default_factory=asyncio.Queue)
-    views: list[Any] = field(default_factory=list)  # its own idea of what was negotiated
-
-
-class Server:
-    peer = ""
-    id = ""
-
-    def require(self) -> None:
-        raise NotImplementedError
-
-    def version(self) -> str:
-        raise NotImplementedError
-
-    def serve(self) -> Any:
-        """An async context manager: (port, DeflateServerLog); echoes, closes with 4000 on cmd:close."""
-        raise NotImplementedError
-
-
-class WebsocketsServer(Server):
-    peer = "websockets (deflate)"
-    id = "websockets"
-
-    def require(self) -> None:
-        require_module("websockets.asyncio.server", "websockets")
-
-    def version(self) -> str:
-        return dist_version("websockets")
-
-    @contextlib.asynccontextmanager
-    async def serve(self) -> AsyncIterator[tuple[int, DeflateServerLog]]:
-        from websockets.asyncio.server import serve
-        from websockets.exceptions import ConnectionClosed
-
-        log = DeflateServerLog()
-
-        async def handler(ws: Any) -> None:
-            log.accepted.put_nowait(ws.response.headers.get("Sec-WebSocket-Extensions"))
-            log.views.append([getattr(e, "name", type(e).__name__) for e in ws.protocol.extensions])
-            try:
-                async for message in ws:
-                    if message == CMD_CLOSE:
-                        await ws.close(CLOSE_CODE, SERVER_REASON)
-                    else:
-                        await ws.send(message)
-            except ConnectionClosed:
-                pass
-            except Exception as exc:
-                log.notes.append(f"handler error: {exc!r}")
-            finally:
-                await asyncio.wait_for(ws.wait_closed(), STEP_TIMEOUT)
-                rcvd = ws.protocol.close_rcvd
-                log.closes.put_nowait((rcvd and rcvd.code, rcvd and rcvd.reason))
-
-        server = await within(
-            serve(
-                handler,
-                "127.0.0.1",
-                0,
-                compression="deflate",  # the default, said out loud
-                max_size=MAX_SIZE,
-                ping_interval=None,
-                close_timeout=STEP_TIMEOUT,
-            ),
-            "the websockets server to start",
-        )
-        try:
-            yield server.sockets[0].getsockname()[1], log
-        finally:
-            server.close()
-            await within(server.wait_closed(), "the websockets server to stop")
-
-
-class AiohttpServer(Server):
-    peer = "aiohttp (deflate)"
-    id = "aiohttp"
-
-    def require(self) -> None:
-        require_module("aiohttp.web", "aiohttp")
-
-    def version(self) -> str:
-        return dist_version("aiohttp")
-
-    @contextlib.asynccontextmanager
-    async def serve(self) -> AsyncIterator[tuple[int, DeflateServerLog]]:
-        from aiohttp import WSMsgType, web
-
-        log = DeflateServerLog()
-
-        async def handler(request: web.Request) -> web.WebSocketResponse:
-            ws = web.WebSocketResponse(compress=True, max_msg_size=MAX_SIZE, heartbeat=None)
-            await ws.prepare(request)
-            log.accepted.put_nowait(ws.headers.get("Sec-WebSocket-Extensions"))
-            log.views.append({"compress": ws.compress})
-            try:
-                while True:
-                    msg = await asyncio.wait_for(ws.receive(), STEP_TIMEOUT * 2)
-                    if msg.type is WSMsgType.TEXT:
-                        if msg.data == CMD_CLOSE:
-                            await ws.close(code=CLOSE_CODE, message=SERVER_REASON.encode("utf-8"))
-                        else:
-                            await ws.send_str(msg.data)
-                    elif msg.type is WSMsgType.BINARY:
-                        await ws.send_bytes(msg.data)
-                    elif msg.type is WSMsgType.CLOSE:
-                        log.closes.put_nowait((msg.data, msg.extra))
-                        break
-                    else:  # CLOSING, CLOSED (after our own close), ERROR
-                        if msg.type is WSMsgType.ERROR:
-                            log.notes.append(f"error: {ws.exception()!r}")
-                        log.closes.put_nowait((ws.close_code, None))
-                        break
-            except Exception as exc:
-                log.notes.append(f"handler error: {exc!r}")
-                log.closes.put_nowait((None, repr(exc)))
-            return ws
-
-        app = web.Application()
-        app.router.add_get("/ws", handler)
-        runner = web.AppRunner(app, handle_signals=False)
-        await within(runner.setup(), "the aiohttp app to start")
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await within(site.start(), "the aiohttp site to start")
-        try:
-            yield runner.addresses[0][1], log
-        finally:
-            await within(runner.cleanup(), "the aiohttp server to stop")
-
-
-class NodeWsServer(Server):
-    peer = "ws (Node.js, deflate)"
-    id = "node-ws"
-
-    def require(self) -> None:
-        self.node = require_node()
-
-    def version(self) -> str:
-        return node_ws_version()
-
-    @contextlib.asynccontextmanager
-    async def serve(self) -> AsyncIterator[tuple[int, DeflateServerLog]]:
-        log = DeflateServerLog()
-        proc = await asyncio.create_subprocess_exec(
-            self.node,
-            str(NODE_DIR / "deflate_server.js"),
-            cwd=str(NODE_DIR),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None and proc.stdin is not None
-        reader: Optional[asyncio.Task[None]] = None
-        try:
-            line = await within(proc.stdout.readline(), "the node server to print its port")
-            try:
-                port = int(json.loads(line)["port"])
-            except (ValueError, KeyError, TypeError):
-                stderr = await within(proc.stderr.read(), "the node server's stderr") if proc.stderr else b""
-                raise AssertionError(f"node server did not start: {line!r} {stderr!r}")
-
-            async def read_events() -> None:
-                assert proc.stdout is not None
-                while True:
-                    raw = await proc.stdout.readline()
-                    if not raw:
-                        return
-                    event = json.loads(raw)
-                    if event["event"] == "connection":
-                        log.accepted.put_nowait(event["accepted"])
-                        log.views.append({"offered": event["offered"], "negotiated": event["negotiated"]})
-                    elif event["event"] == "close":
-                        log.closes.put_nowait((event["code"], event["reason"]))
-                    elif event["event"] == "error":
-                        log.notes.append(event["message"])
-
-            reader = asyncio.ensure_future(read_events())
-            yield port, log
-        finally:
-            proc.stdin.close()  # the server exits when stdin closes
-            try:
-                await within(proc.wait(), "the node server to exit", 10)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await within(proc.wait(), "the killed node server", 10)
-                if reader is not None:
-                    await within(reader, "the node server's output to end", 10)
-
-
-SERVERS: dict[str, Server] = {s.id: s for s in (WebsocketsServer(), AiohttpServer(), NodeWsServer())}
-
-
-async def our_client(port: int) -> tornado_websocket.WebSocketClientConnection:
-    conn: tornado_websocket.WebSocketClientConnection = await within(
-        tornado_websocket.websocket_connect(
-            f"ws://127.0.0.1:{port}/ws",
-            compression_options={},
-            max_message_size=MAX_SIZE,
-            connect_timeout=STEP_TIMEOUT,
-        ),
-        "our client's opening handshake",
+# Each under its own row of the matrix; Chromium always offers permessage-deflate.
+CLIENTS: dict[str, Client] = {
+    c.id: c
+    for c in (
+        WebsocketsClient("websockets (deflate)"),
+        AiohttpClient("aiohttp (deflate)"),
+        NodeWsClient("ws (Node.js, deflate)", deflate=True),
+        ChromiumClient("Chromium (deflate)", deflate=True),
     )
-    return conn
+}
 
 
-async def accepted_by(log: DeflateServerLog, peer: str) -> Optional[str]:
+# -- their servers (for our client; all in interop_util.py) ----------------------------------
+
+SERVERS = {
+    s.id: s
+    for s in (
+        WebsocketsServer("websockets (deflate)"),
+        AiohttpServer("aiohttp (deflate)"),
+        NodeWsServer("ws (Node.js, deflate)", deflate=True),
+    )
+}
+
+
+async def accepted_by(log: PeerServerLog, peer: str) -> Optional[str]:
     """The Sec-WebSocket-Extensions answer the peer server reported for its only connection."""
     accepted: Optional[str] = await within(log.accepted.get(), f"{peer} to report the connection")
     assert log.accepted.empty(), f"{peer} reported more than one connection"
@@ -955,42 +560,33 @@ async def accepted_by(log: DeflateServerLog, peer: str) -> Optional[str]:
 
 # -- the pairings ------------------------------------------------------------------------
 
-# Pairings that show a bug in tornado_websocket: {(direction, id, test): "BUG: ..."}.
-KNOWN_BUGS: dict[tuple[str, str, str], str] = {}
+# Pairings that show a bug in tornado_websocket: {(direction, test): {peer id: "BUG: ..."}}.
+KNOWN_BUGS: dict[tuple[str, str], dict[str, str]] = {}
 
 
-def pairings(direction: str, test: str) -> list[Any]:
-    peers: dict[str, Any] = CLIENTS if direction == OUR_SERVER else SERVERS
-    params = []
-    for key, peer in peers.items():
-        marks = [pytest.mark.interop(peer=peer.peer, direction=direction)]
-        bug = KNOWN_BUGS.get((direction, key, test))
-        if bug:
-            marks.append(pytest.mark.xfail(strict=True, reason=bug))
-        params.append(pytest.param(key, id=key, marks=marks))
-    return params
+def deflate_pairings(direction: str, test: str) -> list[Any]:
+    peers = CLIENTS if direction == OUR_SERVER else SERVERS
+    return pairings(peers.values(), direction, KNOWN_BUGS.get((direction, test), {}))
 
 
 # -- our server, their clients ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", pairings(OUR_SERVER, "exchange"))
+@pytest.mark.parametrize("key", deflate_pairings(OUR_SERVER, "exchange"))
 def test_our_server_deflate_exchange(key: str, record_property: Any) -> None:
     """Text, binary, 1 MiB JSON, 1 MiB random, window probe, 100-message conversation; client closes with 4000."""
-    client = CLIENTS[key]
+    client = CLIENTS[key].start(record_property)
     peer = client.peer
-    record_property("peer_version", client.version())
-    client.require()
 
-    async def scenario() -> tuple[Report, DeflateRecord, WireConnection]:
-        async with our_deflate_server() as server, wire_counter(server.port) as relay:
-            report = await client.exchange(Target(relay.port))
-            record = await server.next_record()
-            await within(record.closed.wait(), "our handler's on_close")
+    async def scenario() -> tuple[Report, ServerRecord, WireConnection]:
+        async with our_server(DeflateHandler) as server, wire_counter(server.port) as relay:
+            report = await client.exchange(Endpoint(relay.port))
+            record = await server.finished_record()
             wire = await relay.websocket()
             return report, record, wire
 
     report, record, wire = run(scenario())
+    assert isinstance(record, DeflateRecord)
     check_client_report(peer, report)
     view = {k: v for k, v in report.items() if k in ("extensions", "negotiated", "compress")}
     print(f"{peer} client's view: {view}")
@@ -1029,28 +625,17 @@ def test_our_server_deflate_exchange(key: str, record_property: Any) -> None:
     assert (record.close_code, record.close_reason) == (CLOSE_CODE, CLIENT_REASON), (
         f"our server saw {peer}'s close as code {record.close_code!r} reason {record.close_reason!r}"
     )
-    close = report.get("close") or {}
-    assert close.get("code") == CLOSE_CODE, f"{peer} saw our close reply as {close!r}"
-    if "wasClean" in close:
-        assert close["wasClean"] is True, f"{peer} saw an unclean close: {close!r}"
+    check_close_report(peer, report.get("close") or {})
 
 
-@pytest.mark.parametrize("key", pairings(OUR_SERVER, "server_close"))
+@pytest.mark.parametrize("key", deflate_pairings(OUR_SERVER, "server_close"))
 def test_our_server_deflate_server_close(key: str, record_property: Any) -> None:
     """After a compressed echo our server closes with 4000; the client must see the code and reason."""
-    client = CLIENTS[key]
+    client = CLIENTS[key].start(record_property)
     peer = client.peer
-    record_property("peer_version", client.version())
-    client.require()
 
-    async def scenario() -> tuple[Report, DeflateRecord]:
-        async with our_deflate_server() as server:
-            report = await client.server_close(Target(server.port))
-            record = await server.next_record()
-            await within(record.closed.wait(), "our handler's on_close")
-            return report, record
-
-    report, record = run(scenario())
+    report, record = run(against_our_server(client.server_close, DeflateHandler))
+    assert isinstance(record, DeflateRecord)
     assert "error" not in report, f"{peer} client failed: {report['error']}"
     check_negotiated_by_our_server(peer, record)
     if report.get("extensions") is not None:
@@ -1058,46 +643,31 @@ def test_our_server_deflate_server_close(key: str, record_property: Any) -> None
     assert report.get("echo_ok") is True, f"{peer}: the chat message did not come back unchanged"
     assert record.messages == [chat(0, "client"), CMD_CLOSE], [describe(m) for m in record.messages]
     assert not record.errors, record.errors
-    close = report.get("close") or {}
-    assert (close.get("code"), close.get("reason")) == (CLOSE_CODE, SERVER_REASON), f"{peer} saw the close as {close!r}"
-    if "wasClean" in close:
-        assert close["wasClean"] is True, f"{peer} saw an unclean close: {close!r}"
+    check_close_report(peer, report.get("close") or {}, SERVER_REASON)
     print(f"{peer}: replied to our close with code {record.close_code!r}")
 
 
 # -- their servers, our client ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", pairings(OUR_CLIENT, "exchange"))
+@pytest.mark.parametrize("key", deflate_pairings(OUR_CLIENT, "exchange"))
 def test_our_client_deflate_exchange(key: str, record_property: Any) -> None:
     """Text, binary, 1 MiB JSON, 1 MiB random, window probe, 100-message conversation; we close with 4000."""
-    server = SERVERS[key]
+    server = SERVERS[key].start(record_property)
     peer = server.peer
-    record_property("peer_version", server.version())
-    server.require()
 
     async def scenario() -> tuple[Optional[str], Optional[str], Any, WireConnection]:
         async with server.serve() as (port, log), wire_counter(port) as relay:
-            conn = await our_client(relay.port)
+            conn = await our_client(relay.port, compression_options={})
             client_view = conn.headers.get("Sec-WebSocket-Extensions")
-            random = os.urandom(BIG_SIZE)
-            for what, message in exchange_messages(random):
-                await within(conn.write_message(message, binary=isinstance(message, bytes)), f"sending {what}")
-                check_echo(message, await within(conn.read_message(), f"the echo of {what}"), f"{peer}: {what} echo")
+            await echo_through(conn, exchange_messages(os.urandom(BIG_SIZE)), peer)
             sent = conversation()
             for message in sent:
                 await within(conn.write_message(message), "sending a conversation message")
             for i, message in enumerate(sent):
                 got = await within(conn.read_message(), f"conversation echo {i}")
                 check_echo(message, got, f"{peer}: conversation echo {i}")
-            conn.close(CLOSE_CODE, CLIENT_REASON)
-            await within(conn.wait_closed(), "our client to close")
-            code, reason = await within(log.closes.get(), f"{peer} to report the close")
-            assert (code, reason) == (CLOSE_CODE, CLIENT_REASON), (
-                f"{peer} saw our close as code {code!r} reason {reason!r} (notes: {log.notes})"
-            )
-            assert conn.close_code is not None, f"our client got no close reply from {peer}"
-            assert not log.notes, log.notes
+            await close_from_our_client(conn, log, peer)
             wire = await relay.websocket()
             return client_view, await accepted_by(log, peer), log.views, wire
 
@@ -1110,32 +680,19 @@ def test_our_client_deflate_exchange(key: str, record_property: Any) -> None:
     assert same_header(server_view, wire.accepted), (server_view, wire.accepted)
 
 
-@pytest.mark.parametrize("key", pairings(OUR_CLIENT, "server_close"))
+@pytest.mark.parametrize("key", deflate_pairings(OUR_CLIENT, "server_close"))
 def test_our_client_deflate_server_close(key: str, record_property: Any) -> None:
     """After a compressed echo the peer server closes with 4000; our client must see the code and reason."""
-    server = SERVERS[key]
+    server = SERVERS[key].start(record_property)
     peer = server.peer
-    record_property("peer_version", server.version())
-    server.require()
 
     async def scenario() -> None:
         async with server.serve() as (port, log):
-            conn = await our_client(port)
+            conn = await our_client(port, compression_options={})
             check_deflate_header(conn.headers.get("Sec-WebSocket-Extensions"), f"our client's view of {peer}'s answer")
             check_deflate_header(await accepted_by(log, peer), f"{peer} server's own answer")
-            message = chat(0, "client")
-            await within(conn.write_message(message), "sending a chat message")
-            check_echo(message, await within(conn.read_message(), "its echo"), f"{peer}: chat echo")
-            await within(conn.write_message(CMD_CLOSE), "sending cmd:close")
-            extra = await within(conn.read_message(), "the end of the messages")
-            assert extra is None, f"got {describe(extra)} instead of the close"
-            await within(conn.wait_closed(), "our client to close")
-            assert (conn.close_code, conn.close_reason) == (CLOSE_CODE, SERVER_REASON), (
-                f"our client saw {peer}'s close as code {conn.close_code!r} reason {conn.close_reason!r}"
-            )
-            code, reason = await within(log.closes.get(), f"{peer} to report the close")
-            print(f"{peer} saw our close reply as code {code!r} reason {reason!r}")
-            assert code is not None, f"{peer} got no close reply from our client (notes: {log.notes})"
+            await echo_through(conn, [("chat message", chat(0, "client"))], peer)
+            await close_from_peer_server(conn, log, peer)
             assert not log.notes, log.notes
 
     run(scenario())

@@ -1,8 +1,10 @@
-// Node `ws` server for the interop matrix: node server.js
+// Node `ws` server for the interop matrix: node server.js [deflate]
 // Listens on 127.0.0.1 on a free port and prints JSON lines on stdout:
-// {"event":"listening","port":N} first, then "ping" and "close" events as
-// they happen. It echoes messages and obeys cmd:ping / cmd:close (see
-// interop_util.py). It exits when stdin closes, or after a bounded time.
+// {"event":"listening","port":N} first, then "connection" (with the offered
+// and the accepted Sec-WebSocket-Extensions), "ping", "pong", "close" and
+// "error" events as they happen. It echoes messages and obeys cmd:ping /
+// cmd:close (see interop_util.py). With "deflate" it turns permessage-deflate
+// on. It exits when stdin closes, or after a bounded time.
 "use strict";
 
 const { WebSocketServer } = require("ws");
@@ -15,7 +17,11 @@ function emit(event) {
   process.stdout.write(JSON.stringify(event) + "\n");
 }
 
-const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, maxPayload: MAX_SIZE });
+const options = { host: "127.0.0.1", port: 0, maxPayload: MAX_SIZE };
+// threshold 0 so that the short conversation messages are compressed too
+// (ws's default threshold is 1024 bytes).
+if (process.argv[2] === "deflate") options.perMessageDeflate = { threshold: 0 };
+const wss = new WebSocketServer(options);
 
 wss.on("listening", () => emit({ event: "listening", port: wss.address().port }));
 wss.on("error", (err) => {
@@ -23,7 +29,19 @@ wss.on("error", (err) => {
   process.exit(2);
 });
 
-wss.on("connection", (ws) => {
+// The 101 response's headers, just before they are written.
+wss.on("headers", (headers, req) => {
+  const line = headers.find((h) => h.toLowerCase().startsWith("sec-websocket-extensions:"));
+  req.acceptedExtensions = line ? line.slice(line.indexOf(":") + 1).trim() : null;
+});
+
+wss.on("connection", (ws, req) => {
+  emit({
+    event: "connection",
+    offered: req.headers["sec-websocket-extensions"] || null,
+    accepted: req.acceptedExtensions || null,
+    negotiated: ws.extensions,
+  });
   let waitingPong = false;
   ws.on("message", (data, isBinary) => {
     const text = isBinary ? null : data.toString("utf8");

@@ -1,19 +1,15 @@
-// Payloads of the permessage-deflate interop tests (test_interop_deflate.py),
-// shared by the Node client (node/deflate_client.js, through require) and the
-// browser page (served in front of deflate_browser_client.js). The Python test
-// builds the very same strings and our server compares what it receives with
-// them, so any change here must be made there too.
+// Payloads of the interop scenarios, for the JavaScript clients (shared by
+// the browser page and the Node client, through interop_client.js). They
+// mirror interop_util.py (the plain scenario) and test_interop_deflate.py
+// (the permessage-deflate one): our server compares what it receives with
+// the Python copies, so any change here must be made there too.
 "use strict";
 
 (function (root) {
-  const TEXT = "hello, wörld ✓ — deflate interop 🚀";
-  const BIG_SIZE = 1024 * 1024;
-  const CONVERSATION = 100;
-  const PROBE_BLOCK = 16 * 1024;
-  const PROBE_REPEAT = 8;
   const CLOSE_CODE = 4000;
   const CLIENT_REASON = "client says goodbye ✓";
-  const SERVER_REASON = "server says goodbye ✓";
+  const CLIENT_PING = "client-ping";
+  const CMD_PING = "cmd:ping";
   const CMD_CLOSE = "cmd:close";
   const encoder = new TextEncoder();
 
@@ -30,6 +26,24 @@
     return out;
   }
 
+  // -- the plain scenario (interop_util.py) --
+
+  const TEXT = "hello, wörld ✓ — interop 🚀";
+  const BIG_SIZE = 4 * 1024 * 1024;
+
+  // Exactly 4 MiB of UTF-8 mixing 1-, 2-, 3- and 4-byte sequences.
+  function bigText() {
+    return "aé✓😀".repeat(Math.floor(BIG_SIZE / 10)) + "😀";
+  }
+
+  // -- the permessage-deflate scenario (test_interop_deflate.py) --
+
+  const DEFLATE_TEXT = "hello, wörld ✓ — deflate interop 🚀";
+  const DEFLATE_BIG_SIZE = 1024 * 1024;
+  const CONVERSATION = 100;
+  const PROBE_BLOCK = 16 * 1024;
+  const PROBE_REPEAT = 8;
+
   // One record of the big JSON document: same keys, similar values.
   function record(i) {
     return JSON.stringify({
@@ -41,7 +55,7 @@
     });
   }
 
-  // Exactly BIG_SIZE bytes of UTF-8: {"records":[...],"pad":"xx..."}.
+  // Exactly DEFLATE_BIG_SIZE bytes of UTF-8: {"records":[...],"pad":"xx..."}.
   function bigJson() {
     const head = '{"records":[';
     const tail0 = '],"pad":"';
@@ -51,11 +65,11 @@
     for (let i = 0; ; i++) {
       const rec = record(i);
       const add = utf8Length(rec) + (parts.length ? 1 : 0);
-      if (size + add > BIG_SIZE) break;
+      if (size + add > DEFLATE_BIG_SIZE) break;
       parts.push(rec);
       size += add;
     }
-    return head + parts.join(",") + tail0 + "x".repeat(BIG_SIZE - size) + tail1;
+    return head + parts.join(",") + tail0 + "x".repeat(DEFLATE_BIG_SIZE - size) + tail1;
   }
 
   // The window probe: a 16 KiB pseudo-random block (xorshift32) repeated 8
@@ -92,18 +106,22 @@
   }
 
   const api = {
-    TEXT,
-    BIG_SIZE,
-    CONVERSATION,
     CLOSE_CODE,
     CLIENT_REASON,
-    SERVER_REASON,
+    CLIENT_PING,
+    CMD_PING,
     CMD_CLOSE,
     binary,
+    TEXT,
+    BIG_SIZE,
+    bigText,
+    DEFLATE_TEXT,
+    DEFLATE_BIG_SIZE,
+    CONVERSATION,
     bigJson,
     windowProbe,
     chat,
   };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
-  else root.deflatePayloads = api;
+  else root.interopPayloads = api;
 })(typeof window !== "undefined" ? window : globalThis);
