@@ -37,6 +37,14 @@ echo "== pytest again without the C speedups (pure-Python masking)"
 TORNADO_WEBSOCKET_NO_SPEEDUPS=1 python3 -m pytest -p no:cacheprovider -q \
     tests/test_frames.py tests/test_protocol.py tests/test_transport.py tests/test_server_wire.py tests/test_client.py
 
+echo "== Autobahn|Testsuite (every case, our echo server and our client)"
+# wstest is Python 2 software: scripts/autobahn.py installs it for a Python 2.7 (pyenv's, here).
+if python3 -c "import sys; sys.path.insert(0, 'scripts'); import autobahn; autobahn.find_python2(None)" 2>/dev/null; then
+    python3 scripts/autobahn.py
+else
+    echo "warning: no Python 2.7 on this machine: the Autobahn|Testsuite was not run" >&2
+fi
+
 echo "== fuzz (atheris, 60 s)"
 corpus=$(mktemp -d)
 cp fuzz/seeds/* "$corpus"/
