@@ -64,6 +64,14 @@ def silence(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
     return future
 
 
+def _failed_future(aloop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """An already failed (and silenced) future: what writing to a closed connection returns."""
+    future: asyncio.Future[None] = aloop.create_future()
+    future.set_exception(WebSocketClosedError("the connection is closed"))
+    silence(future)
+    return future
+
+
 class _ThreadBuffers(threading.local):
     def __init__(self) -> None:
         self.receive = memoryview(bytearray(READ_CHUNK_SIZE))
@@ -201,7 +209,7 @@ class SocketTransport:
         closes first (also returned, already failed, once closed).
         """
         if self._closed:
-            return silence(self._failed())
+            return _failed_future(self._aloop)
         pending = self._pending
         sent = 0
         if pending is None:
@@ -211,7 +219,7 @@ class SocketTransport:
                 sent = 0
             except OSError:
                 self.abort()
-                return silence(self._failed())
+                return _failed_future(self._aloop)
         for part in parts:
             size = len(part)
             if sent >= size:
@@ -248,7 +256,7 @@ class SocketTransport:
     def flushed(self) -> asyncio.Future[None]:
         """A future that completes once everything written so far is with the kernel."""
         if self._closed:
-            return silence(self._failed())
+            return _failed_future(self._aloop)
         if self._pending is not None:
             return self._waiter()
         future: asyncio.Future[None] = self._aloop.create_future()
@@ -327,11 +335,6 @@ class SocketTransport:
         except OSError:  # pragma: no cover
             pass
         self._aloop.call_soon(self.sink.connection_lost)
-
-    def _failed(self) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = self._aloop.create_future()
-        future.set_exception(WebSocketClosedError("the connection is closed"))
-        return future
 
     def set_nodelay(self, value: bool) -> None:
         if not self._closed:
@@ -464,18 +467,14 @@ class StreamTransport:
                 self.stream.write(part)
             written = self.stream.write(parts[-1])
         except StreamClosedError:
-            future: asyncio.Future[None] = self._aloop.create_future()
-            future.set_exception(WebSocketClosedError("the connection is closed"))
-            return silence(future)
+            return _failed_future(self._aloop)
         if written.done() and written.exception() is None:
             return None
         return _closed_as_websocket(written, self._aloop)
 
     def flushed(self) -> asyncio.Future[None]:
         if self.closed:
-            future: asyncio.Future[None] = self._aloop.create_future()
-            future.set_exception(WebSocketClosedError("the connection is closed"))
-            return silence(future)
+            return _failed_future(self._aloop)
         return _closed_as_websocket(self.stream.write(b""), self._aloop)
 
     def shutdown_write(self) -> None:
