@@ -44,10 +44,9 @@ from tornado_websocket.transport import (
     silence,
 )
 
-# Dispatching yields to the event loop (and pauses reading) after YIELD_AFTER_WORK units of
-# work, FRAME_WORK per event: a read full of tiny frames cannot starve other connections.
-YIELD_AFTER_WORK = 256 * 1024
-FRAME_WORK = 1024
+# Dispatching yields to the event loop (and pauses reading) after YIELD_AFTER_EVENTS events
+# in a row: a read full of tiny frames cannot starve other connections.
+YIELD_AFTER_EVENTS = 256
 # Frames written while one read is dispatched leave together, but none waits longer than
 # FLUSH_AFTER seconds behind the handling of later messages (see docs/architecture.md).
 FLUSH_AFTER = 100e-6
@@ -104,7 +103,6 @@ class WebSocketConnection:
         "close_reason",
         "_loop",
         "_aloop",
-        "_work",
         "_failed",
         "_closed_waiter",
         "_close_callbacks",
@@ -150,7 +148,6 @@ class WebSocketConnection:
         self.close_reason: Optional[str] = None
         self._loop = IOLoop.current()
         self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
-        self._work = 0  # bytes and events handled since the loop last ran other callbacks
         self._failed = False  # user code raised: messages still queued from the same read are dropped
         self._closed_waiter: Optional[asyncio.Future[None]] = None
         self._close_callbacks: Optional[list[Callable[[WebSocketConnection], None]]] = None
@@ -219,20 +216,18 @@ class WebSocketConnection:
 
     def frame_filled(self, n: int) -> None:
         """``n`` bytes were received into :meth:`frame_space`."""
-        self._failed = False
         self._handle(self.protocol.frame_buffer_filled(n))
 
     def data_received(self, data: Buffer) -> None:
         """Feed what arrived (a view valid only during the call) and dispatch its events."""
-        self._failed = False  # a user error drops the rest of its own read only
-        self._work = 0
         self._handle(self.protocol.feed(data))
 
     def connection_lost(self) -> None:
         self._teardown()
 
     def _handle(self, events: list[Event]) -> None:
-        """Dispatch ``events``; reading pauses while some wait for user code or the loop."""
+        """Dispatch the events of one read; reading pauses while some wait for user code or the loop."""
+        self._failed = False  # a user error drops the rest of its own read only
         if not events or self._dispatch(events, 0):
             self.transport.resume_reading()
         else:
@@ -241,7 +236,8 @@ class WebSocketConnection:
     def _dispatch(self, events: list[Event], start: int) -> bool:
         """Hand ``events[start:]`` to the owner in order; False when the rest waits (see :meth:`_pause`).
 
-        The frames written meanwhile leave in one write at the end.
+        The frames written meanwhile leave in one write at the end, or
+        earlier once the batch is FLUSH_AFTER old.
         """
         protocol = self.protocol
         owner = self.owner
@@ -285,15 +281,13 @@ class WebSocketConnection:
                 else:
                     assert isinstance(event, ProtocolViolation)
                     self._on_violation(event)
-                self._work += FRAME_WORK
                 if self._batch and clock() >= flush_at:
                     # Slow handlers (compression, heavy user code): what is ready leaves now,
                     # so the peer works on it while we handle the rest of the read.
                     self._flush_batch()
                     self._batch = []
                     flush_at = clock() + FLUSH_AFTER
-                if self._work >= YIELD_AFTER_WORK and index + 1 < len(events):
-                    self._work = 0
+                if index + 1 - start >= YIELD_AFTER_EVENTS and index + 1 < len(events):
                     self._loop.add_callback(self._resume, events, index + 1)
                     return False
             return True
