@@ -97,8 +97,8 @@ def mask_key() -> bytes:
 # -- listeners -------------------------------------------------------------
 
 
-class Pipeline(WSListener):  # type: ignore[misc]
-    """Keeps ``window`` messages in flight until ``count`` echoes came back."""
+class WindowedEcho(WSListener):  # type: ignore[misc]
+    """Keeps ``window`` messages in flight until ``count`` echoes came back; subclasses send and check."""
 
     def __init__(self) -> None:
         self.transport: Optional[WSTransport] = None
@@ -109,11 +109,7 @@ class Pipeline(WSListener):  # type: ignore[misc]
         self.transport = transport
         self._write = transport.underlying_transport.write
 
-    def run(self, frame: bytes, expected: bytes, msg_type: WSMsgType, window: int, count: int) -> asyncio.Future[None]:
-        self.frame = frame
-        self.small = len(frame) <= 4096
-        self.expected = expected
-        self.msg_type = msg_type
+    def _start(self, window: int, count: int) -> asyncio.Future[None]:
         self.count = count
         self.received = 0
         self.pending = 0
@@ -124,26 +120,14 @@ class Pipeline(WSListener):  # type: ignore[misc]
         return self.done
 
     def _send(self, k: int) -> None:
-        if self.small:
-            self._write(self.frame * k)
-        else:
-            for _ in range(k):
-                self._write(self.frame)
+        raise NotImplementedError
 
     def _fail(self, why: str) -> None:
         if self.done is not None and not self.done.done():
             self.done.set_exception(BenchError(why))
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        done = self.done
-        if done is None or done.done():
-            return
-        if frame.msg_type != self.msg_type or not frame.fin:
-            self._fail(f"unexpected frame {frame}")
-            return
-        if frame.get_payload_as_bytes() != self.expected:
-            self._fail(f"echo differs from what was sent ({frame.payload_size} bytes)")
-            return
+    def _echo_ok(self, frame: WSFrame, done: asyncio.Future[None]) -> None:
+        """One correct echo: refill the window (once per read) and finish after ``count``."""
         self.received += 1
         if self.sent < self.count:
             self.sent += 1
@@ -157,6 +141,36 @@ class Pipeline(WSListener):  # type: ignore[misc]
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._fail("the server closed the connection")
+
+
+class Pipeline(WindowedEcho):
+    """Echoes of one prebuilt frame (scenarios 1-4)."""
+
+    def run(self, frame: bytes, expected: bytes, msg_type: WSMsgType, window: int, count: int) -> asyncio.Future[None]:
+        self.frame = frame
+        self.small = len(frame) <= 4096
+        self.expected = expected
+        self.msg_type = msg_type
+        return self._start(window, count)
+
+    def _send(self, k: int) -> None:
+        if self.small:
+            self._write(self.frame * k)
+        else:
+            for _ in range(k):
+                self._write(self.frame)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        done = self.done
+        if done is None or done.done():
+            return
+        if frame.msg_type != self.msg_type or not frame.fin:
+            self._fail(f"unexpected frame {frame}")
+            return
+        if frame.get_payload_as_bytes() != self.expected:
+            self._fail(f"echo differs from what was sent ({frame.payload_size} bytes)")
+            return
+        self._echo_ok(frame, done)
 
 
 #: Scenario 7's offer, as browsers send it: the server picks both windows.
@@ -210,44 +224,27 @@ def deflate_frames(pool: list[bytes], total: int, wbits: int, no_context_takeove
     return frames, wire
 
 
-class DeflatePipeline(WSListener):  # type: ignore[misc]
+class DeflatePipeline(WindowedEcho):
     """Scenario 7: like Pipeline, with prebuilt compressed frames; inflates and checks every echo."""
 
     def __init__(self) -> None:
-        self.transport: Optional[WSTransport] = None
-        self.done: Optional[asyncio.Future[None]] = None
-        self.t_start = self.t_end = 0.0
+        super().__init__()
         self.inflater = zlib.decompressobj(-15)  # a 15-bit window reads any smaller one too
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
-        self._write = transport.underlying_transport.write
 
     def run(self, frames: list[bytes], pool: list[bytes], first: int, window: int, count: int) -> asyncio.Future[None]:
         """Send frames[first:first+count], ``window`` in flight; echo j must be pool[j % len(pool)]."""
         self.frames = frames
         self.pool = pool
         self.first = first
-        self.count = count
-        self.received = 0
-        self.pending = 0
         self.wire_bytes = 0  # payload bytes of the echoes as they came (compressed)
         self.compressed = 0  # echoes with RSV1 set
         self.next_frame = first
-        self.sent = min(window, count)
-        self.done = asyncio.get_running_loop().create_future()
-        self.t_start = perf_counter()
-        self._send(self.sent)
-        return self.done
+        return self._start(window, count)
 
     def _send(self, k: int) -> None:
         start = self.next_frame
         self.next_frame = start + k
         self._write(b"".join(self.frames[start : start + k]))
-
-    def _fail(self, why: str) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(BenchError(why))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         done = self.done
@@ -273,19 +270,7 @@ class DeflatePipeline(WSListener):  # type: ignore[misc]
         if data != pool[(self.first + self.received) % len(pool)]:
             self._fail(f"echo differs from what was sent ({len(data)} bytes)")
             return
-        self.received += 1
-        if self.sent < self.count:
-            self.sent += 1
-            self.pending += 1
-        if frame.last_in_buffer and self.pending:
-            self._send(self.pending)
-            self.pending = 0
-        if self.received == self.count:
-            self.t_end = perf_counter()
-            done.set_result(None)
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._fail("the server closed the connection")
+        self._echo_ok(frame, done)
 
 
 class Control(WSListener):  # type: ignore[misc]
