@@ -29,7 +29,7 @@ with atheris.instrument_imports():
 
     from tornado_websocket import deflate, handshake
     from tornado_websocket.errors import HandshakeError
-    from tornado_websocket.protocol import Message, Ping, Pong, Protocol, ProtocolViolation
+    from tornado_websocket.protocol import Message, Ping, Pong, Protocol, ProtocolViolation, Side
 
 ALLOWED_CODES = {1002, 1007, 1009}
 
@@ -62,7 +62,7 @@ def new_protocol(with_deflate: bool) -> Protocol:
         accepted = deflate.negotiate_server(offers, {})
         assert accepted is not None
         extension = accepted[1]
-    return Protocol(False, max_message_size=1 << 16, deflate=extension)
+    return Protocol(Side.SERVER, max_message_size=1 << 16, deflate=extension)
 
 
 def describe(event: Any) -> tuple[Any, ...]:

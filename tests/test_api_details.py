@@ -8,7 +8,7 @@ import pytest
 from conftest import OP_TEXT, bounded, build_frame
 
 import tornado_websocket
-from tornado_websocket.connection import MAX_PENDING_PINGS
+from tornado_websocket.keepalive import MAX_PENDING_PINGS
 from tornado_websocket.errors import WebSocketClosedError, WebSocketError
 
 pytestmark = pytest.mark.asyncio
@@ -87,7 +87,7 @@ async def test_unanswered_pings_are_bounded(harness, signal):
     client = await harness.raw_ws()  # a raw client that never answers pings
     (handler,) = await signal.wait("open")
     futures = [handler.ping(b"%d" % i) for i in range(MAX_PENDING_PINGS + 5)]
-    assert len(handler._connection._pings) == MAX_PENDING_PINGS
+    assert handler._connection.pending_pings == MAX_PENDING_PINGS
     for future in futures[:5]:  # the oldest were given up, with an error rather than forever
         with pytest.raises(WebSocketError):
             await bounded(future)
@@ -99,6 +99,10 @@ async def test_unanswered_pings_are_bounded(harness, signal):
 
 
 async def test_ping_timeout_longer_than_the_interval_is_capped(harness, signal, caplog):
+    from tornado_websocket import options
+
+    options._warned.clear()  # the warning is once per process: forget earlier tests'
+    options.ConnectionOptions.create.cache_clear()
     harness.serve(
         [(r"/ws", Recorder, {"signal": signal})], websocket_ping_interval=10, websocket_ping_timeout=30
     )

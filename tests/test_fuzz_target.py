@@ -54,7 +54,7 @@ def test_transport_feeding_matches_plain_feeding_for_large_frames(monkeypatch: p
 
     from conftest import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, build_frame
 
-    from tornado_websocket.protocol import Protocol
+    from tornado_websocket.protocol import Protocol, Side
 
     big, text = os.urandom(100_000), ("é" * 20_000).encode()
     stream = (
@@ -65,7 +65,7 @@ def test_transport_feeding_matches_plain_feeding_for_large_frames(monkeypatch: p
         + build_frame(OP_CONT, big[30_000:])
     )
     pieces = [stream[i : i + 7_000] for i in range(0, len(stream), 7_000)]
-    plain = Protocol(False, max_message_size=1 << 20)
+    plain = Protocol(Side.SERVER, max_message_size=1 << 20)
     expected = [fuzz_protocol.describe(e) for p in pieces for e in plain.feed(p)]
 
     offered = []
@@ -77,7 +77,7 @@ def test_transport_feeding_matches_plain_feeding_for_large_frames(monkeypatch: p
         return space
 
     monkeypatch.setattr(Protocol, "frame_buffer_space", spy)
-    got = fuzz_protocol.feed_like_transport(Protocol(False, max_message_size=1 << 20), pieces)
+    got = fuzz_protocol.feed_like_transport(Protocol(Side.SERVER, max_message_size=1 << 20), pieces)
     assert [fuzz_protocol.describe(e) for e in got] == expected
     assert [d[0] for d in expected] == ["message", "message", "Ping", "message"]
     assert any(offered)

@@ -795,16 +795,16 @@ class BatchProbe(tornado_websocket.WebSocketHandler):
 @pytest.mark.parametrize("slow", [False, True])
 async def test_replies_to_one_read_leave_together_unless_handling_is_slow(harness, signal, monkeypatch, slow):
     """One send per read; but once FLUSH_AFTER has passed, what is ready leaves before the next message."""
-    from tornado_websocket import connection as connection_module
+    from tornado_websocket import batching
 
     now = [0.0]
 
     def clock() -> float:
         if slow:
-            now[0] += connection_module.FLUSH_AFTER  # every message takes the whole budget
+            now[0] += batching.FLUSH_AFTER  # every message takes the whole budget
         return now[0]
 
-    monkeypatch.setattr(connection_module, "_clock", clock)
+    monkeypatch.setattr(batching, "clock", clock)
     harness.serve([(r"/ws", BatchProbe, {"signal": signal})])
     client = await harness.raw_ws()
     await client.send(b"".join(build_frame(OP_TEXT, f"{i}".encode()) for i in range(4)))

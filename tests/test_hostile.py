@@ -437,7 +437,7 @@ async def test_awaited_write_message_blocks_while_the_peer_does_not_read(harness
 
 
 async def test_fire_and_forget_writes_past_the_limit_drop_the_peer(harness, signal, caplog):
-    caplog.set_level(logging.INFO, logger="tornado.general")
+    caplog.set_level(logging.DEBUG, logger="tornado.general")  # a peer's misbehaviour logs at DEBUG only
     _, port = serve(harness, app_handlers(signal), websocket_max_write_buffer_size=WRITE_LIMIT)
     bystander = await Bystander.start(harness, port)
     before = bystander.echoes

@@ -31,7 +31,13 @@ from tornado_websocket.protocol import (
     Pong,
     Protocol,
     ProtocolViolation,
+    Side,
+    State,
 )
+
+
+def side_of(is_client: bool) -> Side:
+    return Side.CLIENT if is_client else Side.SERVER
 
 KEY = b"\x37\xfa\x21\x3d"  # RFC 6455 section 5.7 masking key
 KEY2 = b"\x00\xff\x80\x01"
@@ -134,11 +140,11 @@ def norm(events):
 
 
 def server(max_message_size=DEFAULT_MAX_MESSAGE_SIZE, deflate=None) -> Protocol:
-    return Protocol(is_client=False, max_message_size=max_message_size, deflate=deflate)
+    return Protocol(Side.SERVER, max_message_size=max_message_size, deflate=deflate)
 
 
 def client(max_message_size=DEFAULT_MAX_MESSAGE_SIZE, deflate=None) -> Protocol:
-    return Protocol(is_client=True, max_message_size=max_message_size, deflate=deflate)
+    return Protocol(Side.CLIENT, max_message_size=max_message_size, deflate=deflate)
 
 
 def feed_all(p: Protocol, data: bytes):
@@ -663,7 +669,7 @@ def test_no_max_message_size():
 def test_close_frame_parsing(is_client, payload, expected):
     p = client() if is_client else server()
     assert feed_all(p, make_frame_for(is_client)(CLOSE, payload)) == [expected]
-    assert p.close_received is True
+    assert p.close_received is not None and (p.close_received.code, p.close_received.reason) == expected[1:]
 
 
 @pytest.mark.parametrize(
@@ -687,7 +693,7 @@ def test_close_frame_parsing(is_client, payload, expected):
 def test_invalid_close_frames(payload, code):
     p = server()
     assert feed_all(p, cf(CLOSE, payload)) == violation(code)
-    assert p.close_received is False
+    assert p.close_received is None
 
 
 def test_data_after_close_is_ignored():
@@ -754,7 +760,7 @@ def test_server_encodes_unmasked():
     assert p.encode_ping(b"Hello") == b"\x89\x05Hello"
     assert p.encode_pong() == b"\x8a\x00"
     assert p.encode_close(1000, "bye") == b"\x88\x05\x03\xe8bye"
-    assert p.close_sent is True
+    assert p.close_sent is not None
 
 
 def test_client_encodes_masked_rfc_bytes(monkeypatch):
@@ -799,7 +805,7 @@ def test_encode_close_invalid_code_keeps_state(code):
     p = server()
     with pytest.raises(ValueError):
         p.encode_close(code)
-    assert p.close_sent is False
+    assert p.close_sent is None
     assert p.encode_close(1000) == b"\x88\x02\x03\xe8"
 
 
@@ -807,7 +813,7 @@ def test_encode_close_reason_too_long():
     p = server()
     with pytest.raises(ValueError):
         p.encode_close(1000, "x" * 124)
-    assert p.close_sent is False
+    assert p.close_sent is None
 
 
 def test_encode_control_too_long():
@@ -895,9 +901,9 @@ def _all_streams():
 @pytest.mark.parametrize("case", range(len(_all_streams())))
 def test_every_two_piece_split_gives_same_events(case):
     is_client, stream, expected = _all_streams()[case]
-    assert feed_all(Protocol(is_client), stream) == expected
+    assert feed_all(Protocol(side_of(is_client)), stream) == expected
     for cut in range(len(stream) + 1):
-        p = Protocol(is_client)
+        p = Protocol(side_of(is_client))
         got = feed_pieces(p, [stream[:cut], stream[cut:]])
         assert got == expected, f"cut at {cut}"
 
@@ -905,7 +911,7 @@ def test_every_two_piece_split_gives_same_events(case):
 @pytest.mark.parametrize("case", range(len(_all_streams())))
 def test_one_byte_at_a_time_gives_same_events(case):
     is_client, stream, expected = _all_streams()[case]
-    p = Protocol(is_client)
+    p = Protocol(side_of(is_client))
     assert feed_pieces(p, [stream[i : i + 1] for i in range(len(stream))]) == expected
 
 
@@ -1059,7 +1065,7 @@ def _check_garbage_events(p: Protocol, chunks):
 )
 @settings(max_examples=300, deadline=None)
 def test_random_garbage_never_raises(garbage, is_client, max_size, cuts):
-    p = Protocol(is_client, max_message_size=max_size)
+    p = Protocol(side_of(is_client), max_message_size=max_size)
     points = sorted({min(c, len(garbage)) for c in cuts})
     chunks = [garbage[a:b] for a, b in zip([0] + points, points + [len(garbage)])]
     _check_garbage_events(p, chunks)
@@ -1101,7 +1107,7 @@ def test_random_frames_never_raise(garbage, is_client, use_deflate, max_size):
     if use_deflate:
         c_ext, s_ext, _ = deflate_pair()
         ext = c_ext if is_client else s_ext
-    p = Protocol(is_client, max_message_size=max_size, deflate=ext)
+    p = Protocol(side_of(is_client), max_message_size=max_size, deflate=ext)
     _check_garbage_events(p, [garbage[: len(garbage) // 2], garbage[len(garbage) // 2 :]])
 
 
@@ -1419,12 +1425,12 @@ def test_frame_buffer_filled_rejects_more_than_the_frame_has():
 
 def test_pooled_frame_buffers_never_leak_an_earlier_message():
     """Buffers are reused across frames and connections: each message is exactly its own bytes."""
-    from tornado_websocket.buffers import frame_buffers
+    from tornado_websocket.buffers import BufferPool
 
-    pool = frame_buffers()
+    pool = BufferPool()
 
     sizes = [400_000, 70_000, 300_000, 65_536, 400_000]
-    a, b = server(), server()
+    a, b = Protocol(Side.SERVER, buffers=pool), Protocol(Side.SERVER, buffers=pool)
     for i, size in enumerate(sizes):
         payload = bytes([i + 1]) * size
         for p in (a, b):
@@ -1440,7 +1446,7 @@ def test_large_unmasked_frame_on_the_client_side():
     """A client receives unmasked server frames into the buffer too."""
     payload = os.urandom(200_000)
     frame = frames.encode_frame(frames.Opcode.BINARY, payload)
-    p = Protocol(is_client=True)
+    p = Protocol(Side.CLIENT)
     assert p.feed(frame[:80_000]) == []
     events = _receive_into(p, frame[80_000:], 30_000)
     assert [e.data for e in events] == [payload] and type(events[0].data) is bytes
@@ -1448,16 +1454,17 @@ def test_large_unmasked_frame_on_the_client_side():
 
 def test_a_connection_dropped_mid_frame_does_not_return_its_buffer():
     """The I/O layer may still hold a view of the buffer: it must not go back to the pool."""
-    from tornado_websocket.buffers import frame_buffers
+    from tornado_websocket.buffers import BufferPool
 
-    pool = frame_buffers()
+    pool = BufferPool()
 
-    p = server()
+    p = Protocol(Side.SERVER, buffers=pool)
     p.feed(cf(BINARY, os.urandom(500_000))[:200_000])
     space = p.frame_buffer_space()
     assert space is not None
     before = pool.pooled_bytes
-    p.release()
+    p.connection_lost()
+    assert p.state is State.CLOSED
     assert pool.pooled_bytes <= before
     space[:4] = b"late"  # a late write lands in a buffer nobody else has
 
@@ -1466,57 +1473,46 @@ def test_a_connection_dropped_mid_frame_does_not_return_its_buffer():
 
 
 def test_sending_the_received_str_reuses_its_utf8_bytes():
-    from tornado_websocket import protocol as protocol_module
-
-    """An echo or relay of the very str just decoded is not encoded again, and the frame is the same."""
+    """Given the bytes a text message came as, encoding that str does not encode it again; the frame is the same."""
     text = "échange-данные-数据 " * 100
     p = server()
     (event,) = p.feed(cf(TEXT, text.encode()))
     assert event.utf8 == text.encode()
-    recent = protocol_module.RECENT_TEXT
-    recent.text, recent.utf8 = event.data, event.utf8  # as the connection does before on_message
-    header, payload = p.encode_message_parts(event.data, False)
-    assert payload == text.encode()
+    header, payload = p.encode_message_parts(event.data, False, event.utf8)
     assert payload is event.utf8  # the received bytes, not a new encoding
-    copy = "".join(list(event.data))  # equal, but another object: encoded normally
-    assert copy is not event.data
-    assert p.encode_message_parts(copy, False) == (header, payload)
-    assert p.encode_message_parts(copy, False)[1] is not payload
-    assert p.encode_message(event.data, False) == header + payload
+    assert p.encode_message_parts(event.data, False) == (header, payload)
+    assert p.encode_message_parts(event.data, False)[1] is not payload
+    assert p.encode_message(event.data, False, event.utf8) == header + payload
 
 
 def test_reused_utf8_goes_through_deflate_and_client_masking():
     c_ext, s_ext, _ = deflate_pair()
     text = "données " * 500
-    srv, cli = server(), Protocol(is_client=True, deflate=c_ext)
+    srv, cli = server(), Protocol(Side.CLIENT, deflate=c_ext)
     (event,) = srv.feed(cf(TEXT, text.encode()))
-    from tornado_websocket.protocol import RECENT_TEXT
-
-    RECENT_TEXT.text, RECENT_TEXT.utf8 = event.data, event.utf8
-    wire = cli.encode_message(event.data, False)  # masked, compressed
+    wire = cli.encode_message(event.data, False, event.utf8)  # masked, compressed
     peer = server(deflate=s_ext)
     assert [e.data for e in peer.feed(wire)] == [text]
 
 
-def test_recent_text_is_per_thread():
-    import threading
+def test_side_and_state():
+    p = Protocol(Side.SERVER)
+    assert (p.side, p.state, p.is_client) == (Side.SERVER, State.OPEN, False)
+    p.encode_close(1000, "bye")
+    assert p.state is State.CLOSING and (p.close_sent.code, p.close_sent.reason) == (1000, "bye")
+    with pytest.raises(WebSocketClosedError):
+        p.encode_message("late", False)
+    (event,) = p.feed(cf(CLOSE, struct.pack("!H", 1000)))
+    assert type(event) is CloseReceived and p.close_received is event
+    p.connection_lost()
+    assert p.state is State.CLOSED
+    with pytest.raises(TypeError):
+        Protocol(False)  # type: ignore[arg-type]
 
-    from tornado_websocket.protocol import RECENT_TEXT
 
+def test_a_violation_makes_the_state_closing_and_stops_parsing():
     p = server()
-    (event,) = p.feed(cf(TEXT, b"ours"))
-    RECENT_TEXT.text, RECENT_TEXT.utf8 = event.data, event.utf8
-    seen = []
-
-    def other() -> None:
-        q = server()
-        (e,) = q.feed(cf(TEXT, b"theirs"))
-        seen.append(RECENT_TEXT.text)  # nothing set in this thread
-        RECENT_TEXT.text, RECENT_TEXT.utf8 = e.data, e.utf8
-        seen.append(q.encode_message_parts(e.data, False)[1])
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join(10)
-    assert seen == [None, b"theirs"]
-    assert p.encode_message_parts(event.data, False)[1] is event.utf8
+    (event,) = p.feed(cf(0x3, b""))  # reserved opcode
+    assert type(event) is ProtocolViolation and event.code == 1002
+    assert p.state is State.CLOSING and p.close_sent is None
+    assert p.feed(cf(TEXT, b"after")) == []

@@ -2,8 +2,10 @@
 
 ``broadcast(connections, message)`` builds the server frame once and hands
 the same bytes to every connection's socket, without a future per
-connection. Connections that compress (their deflate context differs) or
-mask (clients) get the message encoded for them instead.
+connection, through the connections' public
+:meth:`~tornado_websocket.connection.WebSocketConnection.send_prepared`.
+Connections that compress (their deflate context differs) or mask (clients)
+encode the message for themselves.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from typing import Any, Union
 
 from tornado.escape import json_encode
 
-from tornado_websocket.connection import WebSocketConnection
-from tornado_websocket.frames import OP_BINARY, OP_TEXT, encode_frame
+from tornado_websocket.connection import PreparedMessage, WebSocketConnection
 
 
 def broadcast(connections: Iterable[Any], message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> int:
@@ -25,7 +26,7 @@ def broadcast(connections: Iterable[Any], message: Union[str, bytes, dict[str, A
     (no exception). ``str`` goes as text, ``bytes`` as binary if ``binary``
     else as text, a dict as JSON text. Raises ``TypeError`` for other message
     types. The bytes are handed to each socket (or its send buffer) before
-    this returns; nothing is awaited.
+    this returns; nothing is awaited. Call it on the connections' event loop.
     """
     if isinstance(message, dict):
         message = json_encode(message)
@@ -35,19 +36,12 @@ def broadcast(connections: Iterable[Any], message: Union[str, bytes, dict[str, A
         payload = bytes(message)
     else:
         raise TypeError(f"cannot broadcast {type(message).__name__}; send str, bytes or dict")
-    opcode = OP_BINARY if binary else OP_TEXT
-    frame = b""
+    prepared = PreparedMessage(payload, binary)
     sent = 0
     for item in connections:
-        connection = item if isinstance(item, WebSocketConnection) else getattr(item, "_connection", None)
+        connection = item if type(item) is WebSocketConnection else item.ws_connection
         if connection is None or connection.is_closing():
             continue
-        protocol = connection.protocol
-        if protocol.is_client or protocol.deflate is not None:
-            connection.write_message(payload, binary)
-        else:
-            if not frame:
-                frame = encode_frame(opcode, payload)
-            connection.send_frame_nowait(frame)
+        connection.send_prepared(prepared)
         sent += 1
     return sent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import enum
 import ssl
 import urllib.parse
 import warnings
@@ -25,27 +26,47 @@ from tornado.tcpclient import TCPClient
 
 from tornado_websocket import deflate, handshake
 from tornado_websocket.connection import WebSocketConnection
+from tornado_websocket.endpoint import WebSocketEndpoint
 from tornado_websocket.errors import (
-    WebSocketClosedError,
     WebSocketConnectError,
     WebSocketHandshakeError,
     WebSocketTimeoutError,
 )
-from tornado_websocket.frames import CloseCode
 from tornado_websocket.inbox import Data, MessageInbox
-from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol
+from tornado_websocket.options import (
+    DEFAULT_MAX_QUEUED_MESSAGES,
+    DEFAULT_MAX_WRITE_BUFFER_SIZE,
+    ConnectionOptions,
+    warn_unknown_compression_options,
+)
+from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol, Side
 from tornado_websocket.transport import DetachedStream
 
 MAX_RESPONSE_HEAD = 64 * 1024
 MAX_ERROR_BODY = 64 * 1024
+DEFAULT_CONNECT_TIMEOUT = 20.0
 
 
-class WebSocketClientConnection:
+class _Default(enum.Enum):
+    """The marker of an argument left out (``None`` means something else)."""
+
+    UNSET = enum.auto()
+
+
+UNSET = _Default.UNSET
+
+
+class WebSocketClientConnection(WebSocketEndpoint):
     """A client WebSocket; made by :func:`websocket_connect`, not directly.
 
     Read with ``await read_message()`` (``None`` once closed) or ``async
-    for``, or pass ``on_message_callback`` to :func:`websocket_connect`.
+    for``, or pass ``on_message_callback`` to :func:`websocket_connect`. The
+    sending, pinging and closing methods are those of
+    :class:`~tornado_websocket.endpoint.WebSocketEndpoint`.
     """
+
+    #: As on Tornado's client (an HTTP connection): ``None`` once the ``101`` was accepted.
+    code: Optional[int] = None
 
     def __init__(
         self,
@@ -53,20 +74,14 @@ class WebSocketClientConnection:
         headers: HTTPHeaders,
         subprotocol: Optional[str],
         on_message_callback: Optional[Callable[[Optional[Data]], Any]],
-        max_queued_messages: int = 32,
+        max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
     ) -> None:
         self.request = request
         #: The headers of the server's ``101`` answer.
         self.headers = headers
+        self.max_queued_messages = max_queued_messages
         self._selected_subprotocol = subprotocol
         self._on_message_callback = on_message_callback
-        self._inbox = MessageInbox(max_queued_messages)
-        self._connection: Optional[WebSocketConnection] = None
-        self.close_code: Optional[int] = None
-        self.close_reason: Optional[str] = None
-
-    def _attach(self, connection: WebSocketConnection) -> None:
-        self._connection = connection
 
     def _start(self) -> None:
         """Start dispatching (see _start_connection)."""
@@ -75,9 +90,18 @@ class WebSocketClientConnection:
 
     @property
     def protocol(self) -> Optional[WebSocketConnection]:
-        """The connection while it is open, ``None`` once closed (Tornado's client has the same check)."""
-        connection = self._connection
+        """Tornado's name for the connection: ``None`` once closed or ``close()`` was called."""
+        connection = self.ws_connection
         return None if connection is None or connection.closed else connection
+
+    @protocol.setter
+    def protocol(self, value: Optional[WebSocketConnection]) -> None:
+        self.ws_connection = value
+
+    @property
+    def parsed(self) -> urllib.parse.SplitResult:
+        """The request URL, split (``scheme``, ``netloc``, ``path``, ...), as Tornado's client has it."""
+        return urllib.parse.urlsplit(self.request.url)
 
     @property
     def stream(self) -> Optional[Union[IOStream, DetachedStream]]:
@@ -94,6 +118,11 @@ class WebSocketClientConnection:
         """True once the TCP connection is gone."""
         return self._connection is None or self._connection.closed
 
+    @property
+    def read_queue(self) -> MessageInbox:
+        """Tornado's name for the queue of :meth:`read_message`: ``await read_queue.get()`` is the next message."""
+        return self._pull_inbox()
+
     def read_message(
         self, callback: Optional[Callable[[asyncio.Future[Optional[Data]]], None]] = None
     ) -> asyncio.Future[Optional[Data]]:
@@ -102,80 +131,48 @@ class WebSocketClientConnection:
         ``callback``, if given, is called with that future when it completes
         (as in Tornado).
         """
-        future = self._inbox.get()
+        future = self._pull_inbox().get()
         if callback is not None:
             future.add_done_callback(callback)
         return future
 
-    def __aiter__(self) -> WebSocketClientConnection:
-        return self
+    def on_message(self, message: Optional[Data]) -> Optional[Awaitable[Any]]:
+        """Handle one message (``None``: closed) as Tornado's client does: to the callback, else the read queue.
 
-    async def __anext__(self) -> Data:
-        message = await self.read_message()
+        Called for every message that arrives; tests call it to inject one.
+        """
+        callback = self._on_message_callback
+        if callback is not None:
+            result: Optional[Awaitable[Any]] = callback(message)
+            return result
         if message is None:
-            raise StopAsyncIteration
-        return message
+            self._pull_inbox().close()
+            return None
+        return self._pull_inbox().put(message)
 
-    def write_message(self, message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> asyncio.Future[None]:
-        """Send a message (``str`` text, ``bytes`` binary if ``binary`` else text, dict as JSON).
+    def on_ping(self, data: bytes) -> None:
+        """Called when a ping arrives (the pong is sent for you)."""
 
-        Returns a future that completes when the frame is handed to the
-        socket. Raises :class:`WebSocketClosedError` once closing.
-        """
-        if self._connection is None:
-            raise WebSocketClosedError("the WebSocket is not open")
-        return self._connection.write_message(message, binary)
-
-    send_message = write_message
-
-    def ping(self, data: Union[str, bytes] = b"") -> asyncio.Future[float]:
-        """Send a ping; the future gives the round-trip time in seconds.
-
-        Raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` once closing.
-        """
-        if self._connection is None:
-            raise WebSocketClosedError("the WebSocket is not open")
-        return self._connection.ping(data)
-
-    def close(self, code: Optional[int] = None, reason: Optional[str] = None) -> None:
-        """Start the close handshake (1000 by default); a no-op once closing.
-
-        Raises ``ValueError`` for a code that may not be sent or a reason over 123 bytes.
-        """
-        if self._connection is not None:
-            self._connection.close(CloseCode.NORMAL_CLOSURE if code is None else code, reason or "")
+    def on_pong(self, data: bytes) -> None:
+        """Called when a pong arrives."""
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is gone (after :meth:`close` or a close by the server)."""
         if self._connection is not None:
             await self._connection.wait_closed()
 
-    def set_nodelay(self, value: bool) -> None:
-        """Set TCP_NODELAY on the socket (on by default)."""
-        assert self._connection is not None
-        self._connection.set_nodelay(value)
-
     # -- ConnectionOwner -------------------------------------------------
 
     def _on_ws_message(self, message: Data) -> Optional[Awaitable[Any]]:
-        callback = self._on_message_callback
-        if callback is not None:
-            result: Optional[Awaitable[Any]] = callback(message)
-            return result
-        return self._inbox.put(message)
+        return self.on_message(message)
 
     def _on_ws_ping(self, payload: bytes) -> None:
-        pass
+        self.on_ping(payload)
 
     def _on_ws_pong(self, payload: bytes) -> None:
-        pass
+        self.on_pong(payload)
 
-    def _on_ws_closed(self) -> None:
-        connection = self._connection
-        if connection is not None:
-            self.close_code = connection.close_code
-            self.close_reason = connection.close_reason
-        self._inbox.close()
+    def _on_endpoint_closed(self) -> None:
         if self._on_message_callback is not None:
             try:
                 self._on_message_callback(None)
@@ -189,7 +186,7 @@ def websocket_connect(
     *,
     subprotocols: Optional[list[str]] = None,
     headers: Optional[Union[dict[str, str], HTTPHeaders]] = None,
-    connect_timeout: Optional[float] = 20.0,
+    connect_timeout: Union[float, None, _Default] = UNSET,
     max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
     ping_interval: Optional[float] = None,
     ping_timeout: Optional[float] = None,
@@ -197,6 +194,9 @@ def websocket_connect(
     on_message_callback: Optional[Callable[[Optional[Data]], Any]] = None,
     ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]] = None,
     resolver: Optional[Resolver] = None,
+    close_timeout: Optional[float] = None,
+    max_write_buffer_size: Optional[int] = DEFAULT_MAX_WRITE_BUFFER_SIZE,
+    max_queued_messages: Optional[int] = None,
 ) -> asyncio.Future[WebSocketClientConnection]:
     """Open a client WebSocket to a ``ws://`` or ``wss://`` URL (or a ``tornado.httpclient.HTTPRequest``).
 
@@ -208,16 +208,30 @@ def websocket_connect(
     seconds without a complete handshake. ``callback`` (deprecated, as in
     Tornado) is called with the future. ``compression_options`` (a dict,
     ``{}`` for defaults) offers permessage-deflate.
+
+    ``connect_timeout`` defaults to the ``HTTPRequest``'s, else 20 s
+    (``None``: no limit). ``max_message_size``, ``ping_interval``,
+    ``ping_timeout``, ``close_timeout``, ``max_write_buffer_size`` and
+    ``max_queued_messages`` are those of
+    :class:`~tornado_websocket.options.ConnectionOptions`, the same as on
+    the server. Raises ``ValueError`` at once for an impossible option.
     """
+    options = ConnectionOptions.create(
+        max_message_size=max_message_size,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        close_timeout=close_timeout,
+        max_write_buffer_size=max_write_buffer_size,
+        max_queued_messages=max_queued_messages,
+    )
+    warn_unknown_compression_options(compression_options)
     future = asyncio.ensure_future(
         _connect(
             url,
             subprotocols=subprotocols,
             headers=headers,
             connect_timeout=connect_timeout,
-            max_message_size=max_message_size,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
+            options=options,
             compression_options=compression_options,
             on_message_callback=on_message_callback,
             ssl_options=ssl_options,
@@ -249,10 +263,8 @@ async def _connect(
     *,
     subprotocols: Optional[list[str]],
     headers: Optional[Union[dict[str, str], HTTPHeaders]],
-    connect_timeout: Optional[float],
-    max_message_size: Optional[int],
-    ping_interval: Optional[float],
-    ping_timeout: Optional[float],
+    connect_timeout: Union[float, None, _Default],
+    options: ConnectionOptions,
     compression_options: Optional[dict[str, Any]],
     on_message_callback: Optional[Callable[[Optional[Data]], Any]],
     ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]],
@@ -261,7 +273,7 @@ async def _connect(
     if isinstance(url, HTTPRequest):
         request = copy.copy(url)
         request.headers = HTTPHeaders(request.headers)
-        if request.connect_timeout is not None and connect_timeout == 20.0:
+        if connect_timeout is UNSET and request.connect_timeout is not None:
             connect_timeout = request.connect_timeout
         if ssl_options is None and request.ssl_options is not None:
             ssl_options = request.ssl_options
@@ -271,6 +283,8 @@ async def _connect(
             ssl_options.verify_mode = ssl.CERT_NONE
     else:
         request = HTTPRequest(url)
+    if connect_timeout is UNSET:
+        connect_timeout = DEFAULT_CONNECT_TIMEOUT
     if headers:
         for name, value in HTTPHeaders(headers).get_all():
             request.headers.add(name, value)
@@ -295,9 +309,7 @@ async def _connect(
     for name, value in handshake.client_request_headers(key, subprotocols, offer).items():
         request_headers[name] = value
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    head = f"GET {target} HTTP/1.1\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in request_headers.get_all()
-    )
+    head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in request_headers.get_all())
 
     loop = asyncio.get_running_loop()
     deadline = None if connect_timeout is None else loop.time() + connect_timeout
@@ -353,15 +365,12 @@ async def _connect(
         cause = getattr(exc, "real_error", None) or exc
         raise WebSocketConnectError(f"cannot connect to {host}:{port}: {cause}") from exc
 
-    client = WebSocketClientConnection(request, response_headers, subprotocol, on_message_callback)
-    connection = WebSocketConnection(
-        stream,
-        Protocol(True, max_message_size, compressor),
-        client,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
+    client = WebSocketClientConnection(
+        request, response_headers, subprotocol, on_message_callback, options.max_queued_messages
     )
-    connection.set_nodelay(True)
+    connection = WebSocketConnection(
+        stream, Protocol(Side.CLIENT, options.max_message_size, compressor), client, options
+    )
     client._attach(connection)
     return client
 

@@ -3,16 +3,19 @@
 :class:`WebSocketConnection` gets what arrives from its transport (see
 :mod:`tornado_websocket.transport`), feeds the Sans-I/O
 :class:`~tornado_websocket.protocol.Protocol`, dispatches the events to its
-owner (the server handler or the client) in order, and writes the frames
-produced while handling one read in a single ``send``. It owns the close
-handshake, its timeouts and the keepalive pings. Server and client share it.
+owner (the server handler or the client) in order, and writes what it
+produces. Its named parts do the rest: :mod:`~tornado_websocket.batching`
+(the frames of one read leave in one write),
+:mod:`~tornado_websocket.closing` (the closing handshake and its timeout),
+:mod:`~tornado_websocket.keepalive` (pings, pongs, round-trip times). Server
+and client share it; it never imports either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import time
+import threading
 from typing import Any, Awaitable, Callable, Optional, Union
 from typing import Protocol as TypingProtocol
 
@@ -22,10 +25,14 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 from tornado.log import app_log, gen_log
 
-from tornado_websocket.errors import WebSocketClosedError, WebSocketError
-from tornado_websocket.frames import CloseCode
+from tornado_websocket.batching import GATHER_MIN_BYTES, WriteBatch
+from tornado_websocket.buffers import frame_buffers
+from tornado_websocket.closing import CloseHandshake
+from tornado_websocket.errors import WebSocketClosedError
+from tornado_websocket.frames import OP_BINARY, OP_TEXT, CloseCode, encode_frame
+from tornado_websocket.keepalive import Keepalive
+from tornado_websocket.options import ConnectionOptions
 from tornado_websocket.protocol import (
-    RECENT_TEXT,
     CloseReceived,
     Event,
     Message,
@@ -33,6 +40,8 @@ from tornado_websocket.protocol import (
     Pong,
     Protocol,
     ProtocolViolation,
+    Side,
+    State,
 )
 from tornado_websocket.transport import (
     Buffer,
@@ -41,27 +50,38 @@ from tornado_websocket.transport import (
     StreamTransport,
     chain,
     make_transport,
-    silence,
 )
 
-# Dispatching yields to the event loop (and pauses reading) after YIELD_AFTER_EVENTS events
-# in a row: a read full of tiny frames cannot starve other connections.
+#: The one fairness rule: after this many events of one read in a row, dispatching yields to
+#: the event loop (and reading pauses), so a read full of tiny frames cannot starve others.
 YIELD_AFTER_EVENTS = 256
-# Frames written while one read is dispatched leave together, but none waits longer than
-# FLUSH_AFTER seconds behind the handling of later messages (see docs/architecture.md).
-FLUSH_AFTER = 100e-6
-_clock = time.perf_counter
-# Payloads from this size on are written without joining them to their header
-# (``sendmsg`` of both); a batch of at most MAX_GATHER frames holding this many
-# bytes is written the same way instead of being joined.
-GATHER_MIN_BYTES = 64 * 1024
-MAX_GATHER = 64
-DEFAULT_CLOSE_TIMEOUT = 5.0
-DEFAULT_MAX_WRITE_BUFFER_SIZE = 16 * 1024 * 1024
-MAX_PENDING_PINGS = 64  # pings awaiting a pong; past it the oldest fails
+#: How long a close or a protocol violation waits for a pull consumer (``await
+#: receive_message()``, ``read_message()``, ``async for``) to take and answer the messages
+#: that arrived before it, in seconds; one that never reads cannot hold a broken connection.
+PULL_GRACE = 1.0
+
+_CLOSED = State.CLOSED
+_get_ident = threading.get_ident
 
 #: Every connection between ``start()`` and the end of its TCP connection (see :mod:`.shutdown`).
 OPEN_CONNECTIONS: set[WebSocketConnection] = set()
+
+
+class _ReceivedText(threading.local):
+    """The text message being handed to user code on this thread, with the UTF-8 bytes it came as.
+
+    Sending that very ``str`` object back (an echo, a relay) reuses the
+    bytes instead of encoding it anew. Matched by identity while the
+    message handler runs, and cleared when it returns, so no other string
+    can match and nothing outlives the call.
+    """
+
+    def __init__(self) -> None:
+        self.text: Union[str, bytes, None] = None
+        self.utf8: Optional[bytes] = None
+
+
+_RECEIVED_TEXT = _ReceivedText()
 
 
 class ConnectionOwner(TypingProtocol):
@@ -79,16 +99,40 @@ class ConnectionOwner(TypingProtocol):
     def _on_ws_closed(self) -> None:
         """The connection is gone; called exactly once."""
 
+    def _ws_pull_pending(self) -> Optional[asyncio.Future[None]]:
+        """None if no pull consumer has messages to answer, else a future for when it has taken them all."""
+
+
+class PreparedMessage:
+    """A message encoded once for many connections (see :func:`~tornado_websocket.broadcast`).
+
+    Servers without compression share one frame, built on first use;
+    clients (which mask) and compressing connections encode ``payload``
+    themselves.
+    """
+
+    __slots__ = ("payload", "binary", "_frame")
+
+    def __init__(self, payload: bytes, binary: bool) -> None:
+        self.payload = payload
+        self.binary = binary
+        self._frame: Optional[bytes] = None
+
+    @property
+    def frame(self) -> bytes:
+        """The unmasked, uncompressed frame."""
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = encode_frame(OP_BINARY if self.binary else OP_TEXT, self.payload)
+        return frame
+
 
 class WebSocketConnection:
-    """One open WebSocket over the upgraded ``stream`` (see :func:`make_transport`); see the module docstring.
+    """One open WebSocket over the upgraded ``stream``; see the module docstring.
 
-    ``ping_interval`` (seconds, ``None`` or 0 for none) sends keepalive pings;
-    when ``ping_timeout`` is positive a pong must follow each within that
-    time or the connection is dropped. As in Tornado, ``ping_timeout``
-    defaults to the interval and is capped to it; 0 disables it.
-    ``close_timeout`` bounds how long a close handshake may take before TCP
-    is dropped.
+    ``options`` (:class:`~tornado_websocket.options.ConnectionOptions`) says
+    how it behaves. Made by the handler or the client after the opening
+    handshake; :meth:`start` begins reading.
     """
 
     __slots__ = (
@@ -96,70 +140,42 @@ class WebSocketConnection:
         "transport",
         "protocol",
         "owner",
-        "ping_interval",
-        "ping_timeout",
-        "close_timeout",
+        "options",
         "close_code",
         "close_reason",
         "_loop",
         "_aloop",
+        "_thread",
         "_failed",
         "_closed_waiter",
         "_close_callbacks",
-        "max_write_buffer_size",
         "_batch",
-        "_batch_future",
-        "_closed",
-        "_close_timer",
-        "_ping_timer",
-        "_pings",
+        "_closing",
+        "_keepalive",
         "__weakref__",
     )
 
     def __init__(
-        self,
-        stream: IOStream,
-        protocol: Protocol,
-        owner: ConnectionOwner,
-        *,
-        ping_interval: Optional[float] = None,
-        ping_timeout: Optional[float] = None,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        max_write_buffer_size: Optional[int] = DEFAULT_MAX_WRITE_BUFFER_SIZE,
+        self, stream: IOStream, protocol: Protocol, owner: ConnectionOwner, options: ConnectionOptions
     ) -> None:
         self._stream: Optional[IOStream] = stream
         self.protocol = protocol
+        if protocol.buffers is None:
+            protocol.buffers = frame_buffers()
         self.owner = owner
-        self.ping_interval = ping_interval or 0.0
-        if ping_timeout is None:
-            ping_timeout = self.ping_interval
-        elif self.ping_interval and ping_timeout > self.ping_interval:
-            gen_log.warning(
-                "The WebSocket ping timeout (%s) cannot be longer than the ping interval (%s); using %s",
-                ping_timeout,
-                self.ping_interval,
-                self.ping_interval,
-            )
-            ping_timeout = self.ping_interval
-        self.ping_timeout = ping_timeout
-        self.close_timeout = close_timeout
+        self.options = options
         #: The code and reason of the peer's Close frame (``None`` until one arrives).
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
         self._loop = IOLoop.current()
         self._aloop: asyncio.AbstractEventLoop = self._loop.asyncio_loop  # type: ignore[attr-defined]
+        self._thread = _get_ident()  # the event loop's thread: other threads hand their calls to it
         self._failed = False  # user code raised: messages still queued from the same read are dropped
         self._closed_waiter: Optional[asyncio.Future[None]] = None
         self._close_callbacks: Optional[list[Callable[[WebSocketConnection], None]]] = None
-        #: Unsent bytes a peer that does not read may leave waiting before the connection is dropped.
-        self.max_write_buffer_size = max_write_buffer_size
-        self._batch: Optional[list[bytes]] = None
-        self._batch_future: Optional[asyncio.Future[None]] = None
-        self._closed = False
-        self._close_timer: Optional[object] = None
-        self._ping_timer: Optional[object] = None
-        # Pings we sent and wait a pong for: (payload, future, time sent).
-        self._pings: list[tuple[bytes, asyncio.Future[float], float]] = []
+        self._batch: Optional[WriteBatch] = None  # while the events of one read are dispatched
+        self._closing: Optional[CloseHandshake] = None  # made when closing begins
+        self._keepalive: Optional[Keepalive] = None  # made on the first ping
         self.transport = make_transport(stream, self)
         if not isinstance(self.transport, StreamTransport):
             # The socket left the IOStream (plain TCP): nothing may use the stream again.
@@ -169,12 +185,12 @@ class WebSocketConnection:
 
     def start(self) -> None:
         """Start reading and, if configured, keepalive pings."""
-        if self._closed:
+        if self.closed:
             return  # the peer left while open() ran: on_close has run already
         OPEN_CONNECTIONS.add(self)
         self.transport.resume_reading()
-        if self.ping_interval > 0:
-            self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
+        if self.options.ping_interval > 0:
+            self._keepalive_part().start()
 
     @property
     def stream(self) -> Union[IOStream, DetachedStream]:
@@ -196,9 +212,14 @@ class WebSocketConnection:
         return self._aloop
 
     @property
+    def side(self) -> Side:
+        """``Side.SERVER`` or ``Side.CLIENT``."""
+        return self.protocol.side
+
+    @property
     def closed(self) -> bool:
         """True once the TCP connection is gone."""
-        return self._closed
+        return self.protocol.state is _CLOSED
 
     def is_closing(self) -> bool:
         """True once we sent a Close frame (ours or the echo of the peer's) or TCP is gone.
@@ -206,7 +227,28 @@ class WebSocketConnection:
         Messages that arrived before the peer's Close frame can still be
         answered while they are dispatched.
         """
-        return self._closed or self.protocol.close_sent
+        protocol = self.protocol
+        return protocol.close_sent is not None or protocol.state is _CLOSED
+
+    @property
+    def ping_interval(self) -> float:
+        """Seconds between keepalive pings (0: none)."""
+        return self.options.ping_interval
+
+    @property
+    def ping_timeout(self) -> float:
+        """Seconds a keepalive pong may take (0: no limit)."""
+        return self.options.ping_timeout
+
+    @property
+    def max_write_buffer_size(self) -> Optional[int]:
+        """Unsent bytes a peer that does not read may leave waiting before it is dropped."""
+        return self.options.max_write_buffer_size
+
+    @property
+    def pending_pings(self) -> int:
+        """Pings sent that wait for a pong."""
+        return 0 if self._keepalive is None else self._keepalive.pending
 
     # -- reading (called by the transport) ----------------------------------------
 
@@ -223,6 +265,7 @@ class WebSocketConnection:
         self._handle(self.protocol.feed(data))
 
     def connection_lost(self) -> None:
+        """The transport's TCP connection is gone."""
         self._teardown()
 
     def _handle(self, events: list[Event]) -> None:
@@ -237,56 +280,55 @@ class WebSocketConnection:
         """Hand ``events[start:]`` to the owner in order; False when the rest waits (see :meth:`_pause`).
 
         The frames written meanwhile leave in one write at the end, or
-        earlier once the batch is FLUSH_AFTER old.
+        earlier once the batch is due (see :mod:`~tornado_websocket.batching`).
         """
         protocol = self.protocol
         owner = self.owner
-        recent = RECENT_TEXT
-        clock = _clock
-        flush_at = clock() + FLUSH_AFTER
-        self._batch = []
+        received = _RECEIVED_TEXT
+        self._batch = WriteBatch()
         try:
             for index in range(start, len(events)):
-                if self._closed:
+                if protocol.state is _CLOSED:
                     return False  # TCP went away while user code ran: on_close has run
                 event = events[index]
-                cls = type(event)
-                if cls is Message:
+                if type(event) is Message:
                     if self._failed:
                         continue  # user code failed and we closed with 1011: do not feed it more
-                    utf8 = event.utf8  # type: ignore[union-attr]
-                    if utf8 is not None:
-                        recent.text = event.data  # type: ignore[union-attr, assignment]
-                        recent.utf8 = utf8
+                    received.text = event.data
+                    received.utf8 = event.utf8
                     try:
-                        result = owner._on_ws_message(event.data)  # type: ignore[union-attr]
+                        result = owner._on_ws_message(event.data)
                     except (Exception, asyncio.CancelledError):
                         self._user_error("on_message")
                         continue
+                    finally:
+                        received.text = received.utf8 = None
                     if result is not None and inspect.isawaitable(result):
                         self._pause(result, events, index + 1)
                         return False
-                elif cls is Ping:
-                    payload = event.payload  # type: ignore[union-attr]
-                    if not protocol.close_sent:
-                        self._write(protocol.encode_pong(payload))
+                elif type(event) is Ping:
+                    if protocol.close_sent is None:
+                        self._write(protocol.encode_pong(event.payload))
                     try:
-                        owner._on_ws_ping(payload)
+                        owner._on_ws_ping(event.payload)
                     except Exception:
                         self._user_error("on_ping")
-                elif cls is Pong:
-                    self._on_pong(event.payload)  # type: ignore[union-attr]
-                elif cls is CloseReceived:
-                    self._on_close_received(event)  # type: ignore[arg-type]
+                elif type(event) is Pong:
+                    self._on_pong(event.payload)
                 else:
-                    assert isinstance(event, ProtocolViolation)
-                    self._on_violation(event)
-                if self._batch and clock() >= flush_at:
+                    assert isinstance(event, (CloseReceived, ProtocolViolation))
+                    pending = None if protocol.close_sent is not None else owner._ws_pull_pending()
+                    if pending is not None:
+                        # A pull consumer has not taken (and answered) the messages in front.
+                        self._wait_for_consumer(pending, events, index)
+                        return False
+                    self._close_event(event)
+                batch = self._batch  # None once a close flushed it: later frames go straight out
+                if batch is not None and batch.is_due():
                     # Slow handlers (compression, heavy user code): what is ready leaves now,
                     # so the peer works on it while we handle the rest of the read.
                     self._flush_batch()
-                    self._batch = []
-                    flush_at = clock() + FLUSH_AFTER
+                    self._batch = WriteBatch()
                 if index + 1 - start >= YIELD_AFTER_EVENTS and index + 1 < len(events):
                     self._loop.add_callback(self._resume, events, index + 1)
                     return False
@@ -309,9 +351,41 @@ class WebSocketConnection:
 
         future.add_done_callback(done)
 
-    def _resume(self, events: list[Event], resume_at: int) -> None:
-        if not self._closed and self._dispatch(events, resume_at):
+    def _wait_for_consumer(self, pending: asyncio.Future[None], events: list[Event], resume_at: int) -> None:
+        """Resume at ``events[resume_at]`` (a close or violation) once the pull consumer caught up, or after a grace."""
+        resumed = False
+
+        def resume() -> None:
+            nonlocal resumed
+            if not resumed:
+                resumed = True
+                self._loop.remove_timeout(timer)
+                self._resume(events, resume_at, consumer_waited=True)
+
+        timer = self._loop.call_later(PULL_GRACE, resume)
+        pending.add_done_callback(lambda _: self._loop.add_callback(resume))
+
+    def _resume(self, events: list[Event], resume_at: int, consumer_waited: bool = False) -> None:
+        if self.closed:
+            return
+        if consumer_waited:
+            event = events[resume_at]
+            assert isinstance(event, (CloseReceived, ProtocolViolation))
+            self._close_event(event)
+            resume_at += 1
+        if self._dispatch(events, resume_at):
             self.transport.resume_reading()
+
+    def _close_event(self, event: Union[CloseReceived, ProtocolViolation]) -> None:
+        """The peer's Close frame or a protocol violation, reached in order: answer it."""
+        if type(event) is CloseReceived:
+            self.close_code = event.code
+            self.close_reason = event.reason or None  # as Tornado: None when the frame had no reason
+            self._closing_part().close_received(event)
+        else:
+            assert isinstance(event, ProtocolViolation)
+            gen_log.debug("WebSocket peer broke the protocol: %s (closing with %d)", event.reason, event.code)
+            self._closing_part().violation(event)
 
     def _user_error(self, where: str) -> None:
         """Log an exception raised by user code and close with 1011; later messages are dropped."""
@@ -319,62 +393,35 @@ class WebSocketConnection:
         self._failed = True
         self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-    def _on_close_received(self, event: CloseReceived) -> None:
-        self.close_code = event.code
-        self.close_reason = event.reason or None  # as Tornado: None when the frame had no reason
-        if not self.protocol.close_sent:
-            self._write(self.protocol.encode_close(event.code, ""))
-        self._finish_close_handshake()
+    # -- closing -----------------------------------------------------------
 
-    def _on_violation(self, event: ProtocolViolation) -> None:
-        gen_log.debug("WebSocket peer broke the protocol: %s (closing with %d)", event.reason, event.code)
-        if not self.protocol.close_sent:
-            self._write(self.protocol.encode_close(event.code, event.reason[:123]))
-        self._drop_after_flush()
-
-    def _finish_close_handshake(self) -> None:
-        """Both Close frames are out: the server drops TCP, the client waits for it to."""
-        if self.protocol.is_client:
-            self._start_close_timer()
-        else:
-            self._drop_after_flush()
-
-    def _drop_after_flush(self) -> None:
-        """Send what is queued, then half-close TCP and wait (bounded) for the peer's FIN."""
-        future = self._flush_batch() if self._batch else self._send()
-        future.add_done_callback(lambda _: self._shutdown_write())
-        self._start_close_timer()
-
-    def _shutdown_write(self) -> None:
-        if not self._closed:
-            self.transport.shutdown_write()
-
-    def _start_close_timer(self) -> None:
-        if self._close_timer is None and not self._closed:
-            self._close_timer = self._loop.call_later(self.close_timeout, self.abort)
+    def _closing_part(self) -> CloseHandshake:
+        closing = self._closing
+        if closing is None:
+            closing = self._closing = CloseHandshake(self.protocol, self, self._loop, self.options.close_timeout)
+        return closing
 
     def close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: Optional[str] = "") -> None:
-        """Start (or complete) the close handshake; a no-op if we already sent a close.
+        """Start (or complete) the close handshake; a no-op once we sent a close or TCP is gone.
 
         Raises ``ValueError`` for a code that may not be sent or a reason over
         123 UTF-8 bytes.
         """
-        if self._closed or self.protocol.close_sent:
-            return
-        frame = self.protocol.encode_close(code, reason or "")
-        self._write(frame)
-        if self.protocol.close_received:
-            self._finish_close_handshake()
-        else:
-            self._start_close_timer()
+        if not self.is_closing():
+            self._closing_part().close(code, reason or "")
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a close handshake."""
         self.transport.abort()
 
+    def shutdown_write(self) -> None:
+        """Half-close TCP once what is written has left (a no-op once TCP is gone)."""
+        if not self.closed:
+            self.transport.shutdown_write()
+
     def add_close_callback(self, callback: Callable[[WebSocketConnection], None]) -> None:
         """Call ``callback(connection)`` once when the TCP connection is gone (at once if it is)."""
-        if self._closed:
+        if self.closed:
             callback(self)
             return
         if self._close_callbacks is None:
@@ -386,31 +433,22 @@ class WebSocketConnection:
         future = self._closed_waiter
         if future is None:
             future = self._closed_waiter = self._aloop.create_future()
-            if self._closed:
+            if self.closed:
                 future.set_result(None)
         return future
 
     def _teardown(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.protocol.connection_lost()
         OPEN_CONNECTIONS.discard(self)
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
-        loop = self._loop
-        if self._close_timer is not None:
-            loop.remove_timeout(self._close_timer)
-            self._close_timer = None
-        if self._ping_timer is not None:
-            loop.remove_timeout(self._ping_timer)
-            self._ping_timer = None
-        pings, self._pings = self._pings, []
-        for _, future, _ in pings:
-            if not future.done():
-                future.set_exception(WebSocketClosedError("the connection closed before the pong"))
-                silence(future)
+        if self._closing is not None:
+            self._closing.cancel()
+        if self._keepalive is not None:
+            self._keepalive.stop()
         self.transport.abort()
-        self.protocol.release()
         callbacks, self._close_callbacks = self._close_callbacks or [], None
         for callback in callbacks:
             try:
@@ -429,22 +467,22 @@ class WebSocketConnection:
         batch = self._batch
         if batch is not None:
             batch.append(frame)
-            future = self._batch_future
-            if future is None:
-                future = self._batch_future = self._aloop.create_future()
-            return future
+            return batch.future_for(self._aloop)
         return self._send(frame)
+
+    write_frame = _write
+
+    def flushed(self) -> asyncio.Future[None]:
+        """A future for when everything written so far (the current batch included) is with the kernel."""
+        return self._flush_batch() if self._batch else self.transport.flushed()
 
     def _flush_batch(self) -> asyncio.Future[None]:
         """Write the frames queued while handling a read with one system call."""
         batch = self._batch
         assert batch
         self._batch = None
-        future = self._batch_future
-        self._batch_future = None
-        if len(batch) > 1 and (len(batch) > MAX_GATHER or sum(map(len, batch)) < GATHER_MIN_BYTES):
-            batch = [b"".join(batch)]  # many small frames: one copy beats a long iovec
-        sent = self._send(*batch)
+        sent = self._send(*batch.parts())
+        future = batch.future
         if future is None:
             return sent
         chain(sent, future)
@@ -453,13 +491,9 @@ class WebSocketConnection:
     def _send(self, *parts: bytes) -> asyncio.Future[None]:
         """Write ``parts`` in order; the future fails with WebSocketClosedError if TCP is gone.
 
-        The future completes when the kernel has the bytes; with no parts,
-        when everything written so far has been handed to it.
+        The future completes when the kernel has the bytes.
         """
-        transport = self.transport
-        if not parts:
-            return transport.flushed()
-        future = transport.write(parts)
+        future = self.transport.write(parts)
         if future is None:
             done: asyncio.Future[None] = self._aloop.create_future()
             done.set_result(None)
@@ -474,11 +508,11 @@ class WebSocketConnection:
 
     def _write_buffer_overflows(self) -> bool:
         """Drop the connection if the peer left more than ``max_write_buffer_size`` bytes unread."""
-        limit = self.max_write_buffer_size
+        limit = self.options.max_write_buffer_size
         buffered = self.transport.buffered_bytes
         if limit is None or buffered <= limit:
             return False
-        gen_log.info(
+        gen_log.debug(
             "WebSocket peer is not reading: %d bytes wait to be sent, over the %d-byte limit; dropping it",
             buffered,
             limit,
@@ -491,34 +525,60 @@ class WebSocketConnection:
 
         The future completes when the frame is handed to the socket. Raises
         :class:`WebSocketClosedError` once closing, ``TypeError`` for other
-        message types.
+        message types. Call it on the connection's event loop (the handler
+        and the client hand calls from other threads over).
         """
-        if self.is_closing():
+        protocol = self.protocol
+        if protocol.close_sent is not None or protocol.state is _CLOSED:
             raise WebSocketClosedError("the WebSocket is closed")
-        if isinstance(message, dict):
+        if type(message) is str:
+            received = _RECEIVED_TEXT
+            utf8_bytes = received.utf8 if message is received.text else None
+        elif isinstance(message, (bytes, str)):
+            utf8_bytes = None
+        elif isinstance(message, dict):
             message = json_encode(message)
-        elif not isinstance(message, (str, bytes)):
+            utf8_bytes = None
+        else:
             raise TypeError(f"cannot send {type(message).__name__}; send str, bytes or dict")
         if len(message) >= GATHER_MIN_BYTES:
-            header, payload = self.protocol.encode_message_parts(message, binary)
+            header, payload = protocol.encode_message_parts(message, binary, utf8_bytes)
             if self._batch is None:
                 return self._send(header, payload)
             self._write(header)
             return self._write(payload)
-        return self._write(self.protocol.encode_message(message, binary))
+        return self._write(protocol.encode_message(message, binary, utf8_bytes))
 
-    def send_frame_nowait(self, frame: bytes) -> None:
-        """Send an already encoded frame with no future (see :mod:`tornado_websocket.broadcast`).
+    def send_prepared(self, message: PreparedMessage) -> None:
+        """Send a :class:`PreparedMessage`, with no future; a no-op once closing.
 
-        The caller checks :meth:`is_closing` first. Inside a dispatch the
-        frame joins the batch, so it keeps its place after earlier writes.
+        Servers without compression get its shared frame; the others encode
+        it for themselves. Inside a dispatch the frame joins the batch, so it
+        keeps its place after earlier writes.
         """
+        protocol = self.protocol
+        if protocol.close_sent is not None or protocol.state is _CLOSED:
+            return
+        if protocol.deflate is not None or protocol.side is Side.CLIENT:
+            self.write_message(message.payload, message.binary)
+            return
+        frame = message.frame
         batch = self._batch
         if batch is not None:
             batch.append(frame)
-            return
-        if self.transport.write((frame,)) is not None:
+        elif self.transport.write((frame,)) is not None:
             self._write_buffer_overflows()
+
+    # -- pings ---------------------------------------------------------------
+
+    def _keepalive_part(self) -> Keepalive:
+        keepalive = self._keepalive
+        if keepalive is None:
+            options = self.options
+            keepalive = self._keepalive = Keepalive(
+                self._loop, options.ping_interval, options.ping_timeout, self._keepalive_ping, self._ping_timed_out
+            )
+        return keepalive
 
     def ping(self, data: Union[str, bytes] = b"") -> asyncio.Future[float]:
         """Send a ping; the future gives the round-trip time in seconds when the pong arrives.
@@ -528,55 +588,31 @@ class WebSocketConnection:
         """
         if self.is_closing():
             raise WebSocketClosedError("the WebSocket is closed")
-        data = utf8(data)
-        frame = self.protocol.encode_ping(data)
-        future: asyncio.Future[float] = self._aloop.create_future()
-        pings = self._pings
-        if len(pings) >= MAX_PENDING_PINGS:  # a peer that never answers: forget the oldest
-            _, oldest, _ = pings.pop(0)
-            if not oldest.done():
-                oldest.set_exception(WebSocketError("no pong came before more pings were sent"))
-                silence(oldest)
-        pings.append((data, future, self._loop.time()))
+        payload = utf8(data)
+        frame = self.protocol.encode_ping(payload)
+        future = self._keepalive_part().expect_pong(payload)
         self._write(frame)
         return future
 
+    def _keepalive_ping(self) -> Optional[asyncio.Future[float]]:
+        return None if self.is_closing() else self.ping(b"")
+
     def _on_pong(self, payload: bytes) -> None:
-        pings = self._pings
-        if any(p == payload for p, _, _ in pings):
-            now = self._loop.time()
-            # A pong acknowledges the ping it matches and every earlier one.
-            while pings:
-                sent_payload, future, sent_at = pings.pop(0)
-                if not future.done():
-                    future.set_result(now - sent_at)
-                if sent_payload == payload:
-                    break
+        if self._keepalive is not None:
+            self._keepalive.pong_received(payload)
         try:
             self.owner._on_ws_pong(payload)
         except Exception:
             self._user_error("on_pong")
 
-    def _keepalive(self) -> None:
-        """Send a keepalive ping; with a ping timeout, drop the peer if no pong follows."""
-        self._ping_timer = None
-        if self.is_closing():
+    def _ping_timed_out(self) -> None:
+        if self.closed:
             return
-        future = self.ping(b"")
-        if self.ping_timeout > 0:
-            timer = self._loop.call_later(self.ping_timeout, self._ping_timed_out, future)
-            future.add_done_callback(lambda _: self._loop.remove_timeout(timer))
-        self._ping_timer = self._loop.call_later(self.ping_interval, self._keepalive)
-
-    def _ping_timed_out(self, future: asyncio.Future[float]) -> None:
-        if future.done() or self._closed:
-            return
-        gen_log.info("WebSocket peer did not answer a ping within %.1f s; dropping it", self.ping_timeout)
-        if not self.protocol.close_sent:
+        gen_log.debug("WebSocket peer did not answer a ping within %.1f s; dropping it", self.options.ping_timeout)
+        if self.protocol.close_sent is None:
             self._write(self.protocol.encode_close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
         self.abort()
 
     def set_nodelay(self, value: bool) -> None:
         """Set TCP_NODELAY on the socket (see ``IOStream.set_nodelay``)."""
         self.transport.set_nodelay(value)
-

@@ -14,8 +14,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tornado.log import gen_log
-
 from tornado_websocket.errors import ProtocolError
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.handshake import ExtensionOffer, ExtensionParams, format_extension
@@ -41,7 +39,7 @@ class DeflateOptions:
     ``server_max_window_bits`` / ``client_max_window_bits`` (9-15) size the
     LZ77 window of each direction, and with it the memory a connection
     keeps between messages; ``*_no_context_takeover`` forgets the window
-    after every message instead. ``compression_level`` (0-9) and
+    after every message instead. ``compression_level`` (-1, zlib's default, or 0-9) and
     ``mem_level`` (1-9) go to zlib. Messages shorter than ``threshold``
     bytes are sent uncompressed. See ``docs/compression.md`` for what each
     costs per connection.
@@ -59,7 +57,8 @@ class DeflateOptions:
     def from_dict(cls, options: dict[str, Any]) -> DeflateOptions:
         """Build options from a dict; raises ``ValueError`` for out-of-range values.
 
-        Unknown keys are logged and ignored, as Tornado does.
+        Unknown keys are ignored, as Tornado does (:func:`unknown_options`
+        names them, for the caller to warn about).
 
         ``max_window_bits`` sets both window sizes, ``no_context_takeover`` both flags.
         """
@@ -72,12 +71,8 @@ class DeflateOptions:
             flag = options.pop("no_context_takeover")
             options.setdefault("server_no_context_takeover", flag)
             options.setdefault("client_no_context_takeover", flag)
-        unknown = set(options) - set(cls.__dataclass_fields__)
-        if unknown:
-            # Tornado ignores keys it does not know; do the same, but say so.
-            gen_log.warning("ignoring unknown compression options: %s", ", ".join(sorted(unknown)))
-            for name in unknown:
-                del options[name]
+        for name in unknown_options(options):
+            del options[name]
         result = cls(**options)
         for name in ("server_max_window_bits", "client_max_window_bits"):
             if not 9 <= getattr(result, name) <= 15:
@@ -87,6 +82,12 @@ class DeflateOptions:
         if not 1 <= result.mem_level <= 9:
             raise ValueError("mem_level must be between 1 and 9")
         return result
+
+
+def unknown_options(options: dict[str, Any]) -> list[str]:
+    """The keys of a compression options dict that :class:`DeflateOptions` does not know, sorted."""
+    known = set(DeflateOptions.__dataclass_fields__) | {"max_window_bits", "no_context_takeover"}
+    return sorted(set(options) - known)
 
 
 class PerMessageDeflate:
@@ -195,9 +196,7 @@ def _parse_params(params: ExtensionParams) -> Optional[dict[str, Optional[int]]]
     return result
 
 
-def negotiate_server(
-    offers: list[ExtensionOffer], options: dict[str, Any]
-) -> Optional[tuple[str, PerMessageDeflate]]:
+def negotiate_server(offers: list[ExtensionOffer], options: dict[str, Any]) -> Optional[tuple[str, PerMessageDeflate]]:
     """Accept the first acceptable permessage-deflate offer (RFC 7692 section 7).
 
     Returns the ``Sec-WebSocket-Extensions`` value to answer with and the
@@ -268,9 +267,7 @@ def client_offer(options: dict[str, Any]) -> str:
     return format_extension(EXTENSION_NAME, params)
 
 
-def accept_client_response(
-    extensions: list[ExtensionOffer], options: dict[str, Any]
-) -> Optional[PerMessageDeflate]:
+def accept_client_response(extensions: list[ExtensionOffer], options: dict[str, Any]) -> Optional[PerMessageDeflate]:
     """Check the server's ``Sec-WebSocket-Extensions`` answer to :func:`client_offer`.
 
     Returns the extension, or ``None`` when the server declined it. Raises
@@ -282,8 +279,7 @@ def accept_client_response(
         return None
     if len(extensions) > 1 or extensions[0][0] != EXTENSION_NAME:
         raise ValueError(
-            "server accepted an extension that was not offered: "
-            + ", ".join(name for name, _ in extensions)
+            "server accepted an extension that was not offered: " + ", ".join(name for name, _ in extensions)
         )
     opts = DeflateOptions.from_dict(options)
     params = _parse_params(extensions[0][1])

@@ -37,9 +37,7 @@ class HandshakeError(WebSocketError):
     extra response headers (for example ``Sec-WebSocket-Version`` on 426).
     """
 
-    def __init__(
-        self, status: int, reason: str, headers: Optional[dict[str, str]] = None
-    ) -> None:
+    def __init__(self, status: int, reason: str, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason

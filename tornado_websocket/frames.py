@@ -117,9 +117,7 @@ def apply_mask(mask: bytes, data: _Buffer) -> bytes:
     return _mask_python(mask, data)
 
 
-def encode_header(
-    opcode: int, length: int, *, fin: bool = True, rsv1: bool = False, mask: bytes = b""
-) -> bytes:
+def encode_header(opcode: int, length: int, *, fin: bool = True, rsv1: bool = False, mask: bytes = b"") -> bytes:
     """Encode a frame header for a payload of ``length`` bytes.
 
     ``mask`` is the 4-byte masking key of a client frame, empty for a server
@@ -150,9 +148,7 @@ def encode_frame_parts(
     return encode_header(opcode, len(payload), fin=fin, rsv1=rsv1), payload
 
 
-def encode_frame(
-    opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False, masked: bool = False
-) -> bytes:
+def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False, masked: bool = False) -> bytes:
     """Encode one complete frame; ``masked`` frames get a fresh random key."""
     header, body = encode_frame_parts(opcode, payload, fin=fin, rsv1=rsv1, masked=masked)
     return header + body

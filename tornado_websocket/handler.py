@@ -16,16 +16,22 @@ import urllib.parse
 from typing import Any, Awaitable, Callable, NoReturn, Optional, Union
 
 import tornado.web
-from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.log import app_log, gen_log
 
 from tornado_websocket import deflate, handshake
-from tornado_websocket.connection import DEFAULT_MAX_WRITE_BUFFER_SIZE, WebSocketConnection
-from tornado_websocket.errors import HandshakeError, WebSocketClosedError
+from tornado_websocket.connection import WebSocketConnection
+from tornado_websocket.endpoint import WebSocketEndpoint
+from tornado_websocket.errors import HandshakeError
 from tornado_websocket.frames import CloseCode
-from tornado_websocket.inbox import MessageInbox
-from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol
+from tornado_websocket.options import (
+    DEFAULT_MAX_WRITE_BUFFER_SIZE,
+    ConnectionOptions,
+    warn_unknown_compression_options,
+)
+from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol, Side
+from tornado_websocket.transport import DetachedStream
 
 MessageCallback = Callable[[Union[str, bytes]], Optional[Awaitable[Any]]]
 
@@ -37,34 +43,41 @@ def _not_supported() -> NoReturn:
 _NO_HEADERS = HTTPHeaders()
 
 
-class WebSocketHandler(tornado.web.RequestHandler):
+class _UpgradedHTTPConnection:
+    """What ``request.connection`` becomes after the upgrade: the HTTP/1.1 connection is gone, its ``stream`` stays.
+
+    Applications check ``self.request.connection.stream.closed()``; the
+    stream is the connection's (see :attr:`WebSocketConnection.stream`).
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: WebSocketConnection) -> None:
+        self._connection = connection
+
+    @property
+    def stream(self) -> Union[IOStream, DetachedStream]:
+        return self._connection.stream
+
+
+class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
     """Subclass this and map it to a URL to serve WebSocket connections.
 
     Receive messages in one of three ways: override :meth:`on_message`
     (push), call ``self.receive_message(callback)`` (every later message
     goes to ``callback``), or pull with ``await self.receive_message()`` /
-    ``async for message in self``. Send with :meth:`write_message`.
+    ``async for message in self``. Send with :meth:`write_message`; the
+    sending, pinging and closing methods are those of
+    :class:`~tornado_websocket.endpoint.WebSocketEndpoint`.
     """
 
-    #: How many received messages wait for a pull consumer before reading pauses.
-    max_queued_messages = 32
     # True once the 101 answer is sent (a class default: set_header runs inside __init__).
     _upgraded = False
-
-    def __init__(
-        self, application: tornado.web.Application, request: HTTPServerRequest, **kwargs: Any
-    ) -> None:
-        super().__init__(application, request, **kwargs)
-        self.ws_connection: Optional[WebSocketConnection] = None
-        self.close_code: Optional[int] = None
-        self.close_reason: Optional[str] = None
-        self.open_args: tuple[Any, ...] = ()
-        self.open_kwargs: dict[str, Any] = {}
-        self._connection: Optional[WebSocketConnection] = None
-        self._selected_subprotocol: Optional[str] = None
-        self._on_close_called = False
-        self._message_callback: Optional[MessageCallback] = None
-        self._inbox: Optional[MessageInbox] = None  # made on first use: most handlers never pull
+    open_args: tuple[Any, ...] = ()
+    open_kwargs: dict[str, Any] = {}  # noqa: RUF012 - replaced, never mutated
+    _selected_subprotocol: Optional[str] = None
+    _on_close_called = False
+    _message_callback: Optional[MessageCallback] = None
 
     # -- the opening handshake ---------------------------------------------
 
@@ -93,6 +106,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
         compressor: Optional[deflate.PerMessageDeflate] = None
         options = self.get_compression_options()
         if options is not None:
+            warn_unknown_compression_options(options)
             try:
                 offers = handshake.parse_extension_list(request.headers)
             except ValueError as exc:
@@ -109,18 +123,12 @@ class WebSocketHandler(tornado.web.RequestHandler):
         self.finish()
         stream = self._detach_stream()
 
-        protocol = Protocol(False, self.max_message_size, compressor)
-        interval = self.ping_interval or 0.0
-        timeout = self.ping_timeout
+        max_message_size = self.max_message_size
         connection = WebSocketConnection(
-            stream,
-            protocol,
-            self,
-            ping_interval=interval,
-            ping_timeout=timeout,
-            max_write_buffer_size=self.max_write_buffer_size,
+            stream, Protocol(Side.SERVER, max_message_size, compressor), self, self._connection_options()
         )
-        self._connection = self.ws_connection = connection
+        self._attach(connection)
+        self.request.connection = _UpgradedHTTPConnection(connection)  # type: ignore[assignment]
         connection.set_nodelay(True)
         try:
             result = self.open(*args, **kwargs)
@@ -219,13 +227,22 @@ class WebSocketHandler(tornado.web.RequestHandler):
         value: Optional[int] = self.settings.get("websocket_max_write_buffer_size", DEFAULT_MAX_WRITE_BUFFER_SIZE)
         return value
 
-    def _pull_inbox(self) -> MessageInbox:
-        inbox = self._inbox
-        if inbox is None:
-            inbox = self._inbox = MessageInbox(self.max_queued_messages)
-            if self._connection is not None and self._connection.closed:
-                inbox.close()
-        return inbox
+    @property
+    def close_timeout(self) -> Optional[float]:
+        """Seconds the close handshake may take before TCP is dropped (``websocket_close_timeout``, default 5)."""
+        value: Optional[float] = self.settings.get("websocket_close_timeout", None)
+        return value
+
+    def _connection_options(self) -> ConnectionOptions:
+        """The options of this handler's connection, from its properties (which read the settings)."""
+        return ConnectionOptions.create(
+            max_message_size=self.max_message_size,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            close_timeout=self.close_timeout,
+            max_write_buffer_size=self.max_write_buffer_size,
+            max_queued_messages=self.max_queued_messages,
+        )
 
     def _detach_stream(self) -> IOStream:
         stream = self.detach()
@@ -233,7 +250,6 @@ class WebSocketHandler(tornado.web.RequestHandler):
         # The 101 answer is sent and the HTTP/1.1 connection object is done with:
         # keep neither for the life of the WebSocket (memory per idle connection).
         self._headers = _NO_HEADERS
-        self.request.connection = None
         self.request.server_connection = None  # it holds the IOStream, which the socket may leave
         return stream
 
@@ -318,42 +334,6 @@ class WebSocketHandler(tornado.web.RequestHandler):
             return None
         return self._pull_inbox().get()
 
-    def __aiter__(self) -> WebSocketHandler:
-        return self
-
-    async def __anext__(self) -> Union[str, bytes]:
-        future = self.receive_message()
-        assert future is not None
-        message = await future
-        if message is None:
-            raise StopAsyncIteration
-        return message
-
-    def write_message(
-        self, message: Union[str, bytes, dict[str, Any]], binary: bool = False
-    ) -> asyncio.Future[None]:
-        """Send a message: ``str`` as text, ``bytes`` as binary (or text unless ``binary``), dict as JSON.
-
-        Returns a future that completes when the frame is handed to the
-        socket. Raises :class:`WebSocketClosedError` once the connection is
-        closing or closed.
-        """
-        if self._connection is None:
-            raise WebSocketClosedError("the WebSocket is not open")
-        return self._connection.write_message(message, binary)
-
-    send_message = write_message
-
-    def ping(self, data: Union[str, bytes] = b"") -> asyncio.Future[float]:
-        """Send a ping; the future gives the round-trip time in seconds when the pong arrives.
-
-        Raises ``ValueError`` over 125 bytes and :class:`WebSocketClosedError`
-        once closing.
-        """
-        if self._connection is None:
-            raise WebSocketClosedError("the WebSocket is not open")
-        return self._connection.ping(data)
-
     def on_ping(self, data: bytes) -> None:
         """Called when a ping arrives (the pong is sent for you)."""
 
@@ -366,22 +346,6 @@ class WebSocketHandler(tornado.web.RequestHandler):
         ``close_code`` and ``close_reason`` hold what the peer's Close frame
         said (``None`` if it sent none).
         """
-
-    def close(self, code: Optional[int] = None, reason: Optional[str] = None) -> None:
-        """Start the close handshake (code 1000 by default); the socket closes when it completes.
-
-        Raises ``ValueError`` for a code that may not be sent or a reason over
-        123 UTF-8 bytes. A no-op on a closing connection.
-        """
-        connection = self._connection
-        if connection is not None:
-            connection.close(CloseCode.NORMAL_CLOSURE if code is None else code, reason or "")
-            self.ws_connection = None  # as Tornado: the handler no longer offers the connection
-
-    def set_nodelay(self, value: bool) -> None:
-        """Set TCP_NODELAY (on by default here: frames are already coalesced per write)."""
-        assert self._connection is not None, "set_nodelay needs an open connection"
-        self._connection.set_nodelay(value)
 
     # -- ConnectionOwner -------------------------------------------------------
 
@@ -397,14 +361,7 @@ class WebSocketHandler(tornado.web.RequestHandler):
     def _on_ws_pong(self, payload: bytes) -> None:
         self.on_pong(payload)
 
-    def _on_ws_closed(self) -> None:
-        connection = self._connection
-        if connection is not None:
-            self.close_code = connection.close_code
-            self.close_reason = connection.close_reason
-        self.ws_connection = None
-        if self._inbox is not None:
-            self._inbox.close()
+    def _on_endpoint_closed(self) -> None:
         if not self._on_close_called:
             self._on_close_called = True
             self._message_callback = None  # often a bound method of self: break the cycle

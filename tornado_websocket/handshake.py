@@ -126,9 +126,7 @@ def validate_request(method: str, version: str, headers: HTTPHeaders) -> str:
         raise HandshakeError(400, 'Connection header must contain "upgrade"')
     versions = headers.get_list("Sec-WebSocket-Version")
     if not versions:
-        raise HandshakeError(
-            400, "missing Sec-WebSocket-Version header", {"Sec-WebSocket-Version": WEBSOCKET_VERSION}
-        )
+        raise HandshakeError(400, "missing Sec-WebSocket-Version header", {"Sec-WebSocket-Version": WEBSOCKET_VERSION})
     if versions != [WEBSOCKET_VERSION]:
         raise HandshakeError(
             426,
@@ -150,9 +148,7 @@ def validate_request(method: str, version: str, headers: HTTPHeaders) -> str:
     return key
 
 
-def response_headers(
-    key: str, subprotocol: Optional[str], extensions: Optional[str]
-) -> dict[str, str]:
+def response_headers(key: str, subprotocol: Optional[str], extensions: Optional[str]) -> dict[str, str]:
     """Headers of the ``101 Switching Protocols`` answer to a request with ``key``."""
     headers = {
         "Upgrade": "websocket",
@@ -166,9 +162,7 @@ def response_headers(
     return headers
 
 
-def client_request_headers(
-    key: str, subprotocols: Optional[list[str]], extensions: Optional[str]
-) -> dict[str, str]:
+def client_request_headers(key: str, subprotocols: Optional[list[str]], extensions: Optional[str]) -> dict[str, str]:
     """Headers a client adds to its upgrade request (Host is the caller's)."""
     headers = {
         "Upgrade": "websocket",

@@ -20,7 +20,7 @@ Data = Union[str, bytes]
 class MessageInbox:
     """Messages waiting for a consumer, and consumers waiting for a message."""
 
-    __slots__ = ("max_size", "_loop", "_messages", "_waiters", "_space", "_closed")
+    __slots__ = ("max_size", "_loop", "_messages", "_waiters", "_space", "_closed", "_used", "_caught_up")
 
     def __init__(self, max_size: int = 32) -> None:
         self.max_size = max_size
@@ -29,6 +29,8 @@ class MessageInbox:
         self._waiters: collections.deque[asyncio.Future[Optional[Data]]] = collections.deque()
         self._space: Optional[asyncio.Future[None]] = None
         self._closed = False
+        self._used = False  # a message was put
+        self._caught_up: Optional[asyncio.Future[None]] = None  # see unanswered()
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -39,6 +41,7 @@ class MessageInbox:
         Returns a future to await before reading more when the queue is full,
         ``None`` otherwise.
         """
+        self._used = True
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
@@ -65,7 +68,27 @@ class MessageInbox:
             while waiters and waiters[0].done():  # readers that gave up (a timeout cancelled them)
                 waiters.popleft()
             waiters.append(future)
+            caught_up = self._caught_up
+            if caught_up is not None:
+                self._caught_up = None
+                if not caught_up.done():
+                    caught_up.set_result(None)
         return future
+
+    def unanswered(self) -> Optional[asyncio.Future[None]]:
+        """``None`` if the consumer is done with every message put so far, else a future for when it is.
+
+        Done means: it asks for the next message while none is queued (so it
+        has taken, and had its turn to answer, every earlier one), or the
+        inbox is closed, or no message was ever put (nobody pulls).
+        """
+        if self._closed or not self._used:
+            return None
+        if not self._messages and any(not w.done() for w in self._waiters):
+            return None
+        if self._caught_up is None:
+            self._caught_up = self._loop.create_future()
+        return self._caught_up
 
     def drain(self) -> list[Data]:
         """Take every queued message at once."""
@@ -77,6 +100,9 @@ class MessageInbox:
     def close(self) -> None:
         """No more messages will come: waiting consumers get ``None``, a paused reader resumes."""
         self._closed = True
+        caught_up, self._caught_up = self._caught_up, None
+        if caught_up is not None and not caught_up.done():
+            caught_up.set_result(None)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

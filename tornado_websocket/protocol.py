@@ -7,16 +7,19 @@ never answers a ping or a close by itself: the caller dispatches events in
 order and asks for the answer, so that replies written while handling a
 message leave before the close that followed it.
 
-Server and client share it; ``is_client`` decides who masks.
+Server and client share it; ``side`` (:class:`Side`) decides who masks.
+It imports only the standard library and the other Sans-I/O modules: no
+thread-locals, no module-level state. What the I/O layer lends it (a pool
+of receive buffers for large frames) is passed in.
 """
 
 from __future__ import annotations
 
 import codecs
-import threading
-from typing import Callable, Optional, Union
+import enum
+from typing import Callable, Optional, Union, cast
+from typing import Protocol as TypingProtocol
 
-from tornado_websocket.buffers import frame_buffers
 from tornado_websocket.deflate import DeflateError, PerMessageDeflate
 from tornado_websocket.errors import ProtocolError, WebSocketClosedError
 from tornado_websocket.frames import (
@@ -39,20 +42,51 @@ DEFAULT_MAX_MESSAGE_SIZE = 10 * 1024 * 1024
 # Binary frames from this size on are gathered into one buffer instead of streamed in pieces.
 DIRECT_FRAME_MIN = 64 * 1024
 
-_new_utf8_decoder: Callable[[], codecs.IncrementalDecoder] = codecs.getincrementaldecoder(
-    "utf-8"
-)
+_new_utf8_decoder: Callable[[], codecs.IncrementalDecoder] = codecs.getincrementaldecoder("utf-8")
+
+
+class Side(enum.Enum):
+    """Which end of the connection a :class:`Protocol` is: the client masks what it sends."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class State(enum.Enum):
+    """Where a connection is in its life (RFC 6455 section 4 and 7).
+
+    ``CONNECTING`` is never held by a :class:`Protocol` (it is made once the
+    handshake succeeded) but names the time before, for the layers above.
+    ``CLOSING``: a Close frame went one way or the peer broke the protocol.
+    ``CLOSED``: the TCP connection is gone (:meth:`Protocol.connection_lost`).
+    """
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class BufferProvider(TypingProtocol):
+    """Lends the buffers that large binary frames are received into (see :meth:`Protocol.frame_buffer_space`)."""
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes; its contents are undefined."""
+
+    def give(self, buf: bytearray) -> None:
+        """``buf`` is no longer used (no view of it remains)."""
 
 
 class Message:
-    """A complete data message: ``str`` for text, ``bytes`` for binary.
+    """A complete data message: ``data`` is ``str`` for text, ``bytes`` for binary.
 
-    ``utf8`` is the payload a whole text frame was decoded from (else None):
-    the I/O layer puts it in :data:`RECENT_TEXT` while the message is
-    handled, so that sending it back does not encode it again.
+    ``utf8`` is the payload a whole text frame was decoded from (else
+    ``None``), so that the I/O layer can send that very ``str`` back without
+    encoding it again.
     """
 
     __slots__ = ("data", "utf8")
+    __match_args__ = ("data",)
 
     def __init__(self, data: Union[str, bytes], utf8: Optional[bytes] = None) -> None:
         self.data = data
@@ -66,71 +100,64 @@ class Ping:
     """A ping arrived; answer it with :meth:`Protocol.encode_pong` of ``payload``."""
 
     __slots__ = ("payload",)
+    __match_args__ = ("payload",)
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Ping({self.payload!r})"
 
 
 class Pong:
     """A pong arrived."""
 
     __slots__ = ("payload",)
+    __match_args__ = ("payload",)
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
 
+    def __repr__(self) -> str:
+        return f"Pong({self.payload!r})"
 
-class CloseReceived:
-    """The peer sent a Close frame; ``code`` is ``None`` when it carried none.
 
-    Nothing after it is parsed. If no close was sent yet, answer with
-    :meth:`Protocol.encode_close`.
-    """
+class Close:
+    """The code and reason of a Close frame; ``code`` is ``None`` when the frame carried none."""
 
     __slots__ = ("code", "reason")
+    __match_args__ = ("code", "reason")
 
     def __init__(self, code: Optional[int], reason: str) -> None:
         self.code = code
         self.reason = reason
 
-#: Payloads from this size are unmasked out of a memoryview of the input rather than a copy.
-UNMASK_VIEW_MIN = 1024
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code!r}, {self.reason!r})"
 
 
-class RecentText(threading.local):
-    """The text message being handled in this thread, with the UTF-8 bytes it came from.
+class CloseReceived(Close):
+    """The peer sent a Close frame. Nothing after it is parsed.
 
-    Sending that very ``str`` object (an echo, a relay, a broadcast loop)
-    reuses the bytes instead of encoding it anew: for non-ASCII text
-    encoding costs about as much as decoding. Matched by identity, and the
-    reference held keeps the object alive, so another string can never
-    match. Holds one message per thread.
+    If no close was sent yet, answer with :meth:`Protocol.encode_close`.
     """
 
-    def __init__(self) -> None:
-        self.text: Optional[str] = None
-        self.utf8 = b""
+    __slots__ = ()
 
 
-#: Set by the connection before it hands a text :class:`Message` to user code.
-RECENT_TEXT = RecentText()
-
-
-class ProtocolViolation:
+class ProtocolViolation(Close):
     """The peer broke the protocol: send a close with ``code`` and drop the connection.
 
     Nothing after it is parsed.
     """
 
-    __slots__ = ("code", "reason")
+    __slots__ = ()
 
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
+    code: int
 
-    def __repr__(self) -> str:
-        return f"ProtocolViolation({self.code}, {self.reason!r})"
 
+#: Payloads from this size are unmasked out of a memoryview of the input rather than a copy.
+UNMASK_VIEW_MIN = 1024
 
 Event = Union[Message, Ping, Pong, CloseReceived, ProtocolViolation]
 
@@ -138,18 +165,28 @@ Event = Union[Message, Ping, Pong, CloseReceived, ProtocolViolation]
 class Protocol:
     """One WebSocket connection's framing state, without I/O.
 
-    ``max_message_size`` bounds a message (after decompression); ``None``
-    means no limit. ``deflate`` is the negotiated permessage-deflate
-    extension, if any: it allows RSV1 on the first frame of a data message.
+    ``side`` says which end this is. ``max_message_size`` bounds a message
+    (after decompression); ``None`` means no limit. ``deflate`` is the
+    negotiated permessage-deflate extension, if any: it allows RSV1 on the
+    first frame of a data message. ``buffers`` lends the buffers large
+    binary frames are received into (see :meth:`frame_buffer_space`); without
+    it each such frame gets a new one.
+
+    :attr:`state` is the one place the connection's life is kept;
+    :attr:`close_sent` and :attr:`close_received` hold the Close frames that
+    went each way (``None`` until then).
     """
 
     __slots__ = (
-        "is_client",
+        "side",
+        "state",
         "max_message_size",
         "deflate",
+        "buffers",
         "close_sent",
         "close_received",
-        "_stopped",
+        "_masked",
+        "_receiving",
         "_buf",
         "_msg_opcode",
         "_msg_compressed",
@@ -169,16 +206,23 @@ class Protocol:
 
     def __init__(
         self,
-        is_client: bool,
+        side: Side,
         max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
         deflate: Optional[PerMessageDeflate] = None,
+        buffers: Optional[BufferProvider] = None,
     ) -> None:
-        self.is_client = is_client
+        if not isinstance(side, Side):
+            raise TypeError(f"side must be Side.SERVER or Side.CLIENT, not {side!r}")
+        self.side = side
+        self.state = State.OPEN
         self.max_message_size = max_message_size
         self.deflate = deflate
-        self.close_sent = False
-        self.close_received = False
-        self._stopped = False
+        self.buffers = buffers
+        self.close_sent: Optional[Close] = None
+        self.close_received: Optional[CloseReceived] = None
+        self._masked = side is Side.CLIENT  # the client masks what it sends and expects no mask
+        # False once nothing more is parsed: after the peer's Close, a violation, or the end of TCP.
+        self._receiving = True
         self._buf = bytearray()
         # The data message being assembled; _msg_opcode is None between messages.
         self._msg_opcode: Optional[int] = None
@@ -198,6 +242,11 @@ class Protocol:
         self._frame_direct = False  # a large uncompressed binary frame, which may use _frame_buf
         self._frame_raw: list[bytes] = []  # its masked pieces before _frame_buf exists
 
+    @property
+    def is_client(self) -> bool:
+        """True for :attr:`Side.CLIENT`."""
+        return self._masked
+
     # -- receiving ---------------------------------------------------------
 
     def feed(self, data: Union[bytes, bytearray, memoryview]) -> list[Event]:
@@ -209,7 +258,7 @@ class Protocol:
         event, later input is ignored. Never raises for bad input.
         """
         events: list[Event] = []
-        if self._stopped or not data:
+        if not self._receiving or not data:
             return events
         buf: Union[bytes, bytearray, memoryview]
         if self._buf:
@@ -220,10 +269,11 @@ class Protocol:
         try:
             pos = self._parse(buf, events)
         except ProtocolError as exc:
-            self._stop()
+            self._stop_receiving()
+            self.state = State.CLOSING
             events.append(ProtocolViolation(exc.code, exc.reason))
             return events
-        if self._stopped:
+        if not self._receiving:
             self._buf = bytearray()
         elif buf is data:
             if pos < len(data):
@@ -232,15 +282,20 @@ class Protocol:
             del self._buf[:pos]
         return events
 
-    def release(self) -> None:
-        """The connection is gone: drop buffers and the compression state (tens of KiB)."""
-        self._stop()
+    def connection_lost(self) -> None:
+        """The TCP connection is gone: :attr:`state` becomes ``CLOSED``.
+
+        Buffers and the compression state (tens of KiB) are dropped.
+        """
+        self._stop_receiving()
+        self.state = State.CLOSED
         self.deflate = None
 
-    def _stop(self) -> None:
-        self._stopped = True
-        self._buf = bytearray()
+    def _stop_receiving(self) -> None:
+        self._receiving = False
+        # A frame buffer in use is not given back: the I/O layer may still hold a view of it.
         self._frame_buf = None
+        self._buf = bytearray()
         self._frame_raw = []
         self._msg_parts = []
         self._decoder = None
@@ -298,9 +353,7 @@ class Protocol:
                     break
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 if length >> 63:
-                    raise ProtocolError(
-                        CloseCode.PROTOCOL_ERROR, "64-bit frame length with the top bit set"
-                    )
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit frame length with the top bit set")
                 start = pos + 10
             opcode = b0 & 0x0F
             fin = b0 & 0x80
@@ -338,9 +391,7 @@ class Protocol:
                     try:
                         events.append(Message(payload.decode("utf-8"), payload))
                     except UnicodeDecodeError:
-                        raise ProtocolError(
-                            CloseCode.INVALID_DATA, "text message is not valid UTF-8"
-                        ) from None
+                        raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8") from None
                 else:
                     events.append(Message(payload))
                 continue
@@ -372,7 +423,7 @@ class Protocol:
         :meth:`frame_buffer_filled`. Lets the I/O layer skip its own buffer
         copies for large messages; :meth:`feed` works as well.
         """
-        if self._stopped or not self._frame_remaining:
+        if not self._receiving or not self._frame_remaining:
             return None
         if self._frame_buf is None:
             received = self._frame_length - self._frame_remaining
@@ -380,7 +431,8 @@ class Protocol:
                 return None
             # A quarter of a large binary frame is in: gather the whole payload in one
             # buffer (not sooner, so that a bare header cannot make us allocate it).
-            buf = frame_buffers().take(self._frame_length)
+            buffers = self.buffers
+            buf = bytearray(self._frame_length) if buffers is None else buffers.take(self._frame_length)
             filled = 0
             for piece in self._frame_raw:
                 buf[filled : filled + len(piece)] = piece
@@ -411,7 +463,8 @@ class Protocol:
         self._frame_buf = None
         with memoryview(buf) as view:
             self._frame_complete(view[: self._frame_length], events)
-        frame_buffers().give(buf)
+        if self.buffers is not None:
+            self.buffers.give(buf)
 
     def _frame_complete(self, masked_payload: Union[bytes, memoryview], events: list[Event]) -> None:
         """The whole (still masked) payload of a large binary frame is in: unmask it into its own bytes."""
@@ -425,18 +478,16 @@ class Protocol:
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
         """Raise :class:`ProtocolError` for a frame header that may not be accepted."""
-        if bool(b1 & 0x80) == self.is_client:
+        if bool(b1 & 0x80) == self._masked:
             raise ProtocolError(
                 CloseCode.PROTOCOL_ERROR,
-                "masked frame from the server" if self.is_client else "unmasked frame from the client",
+                "masked frame from the server" if self._masked else "unmasked frame from the client",
             )
         if b0 & 0x70:
             if b0 & 0x30 or self.deflate is None:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
             if opcode not in (OP_TEXT, OP_BINARY):
-                raise ProtocolError(
-                    CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation or control frame"
-                )
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation or control frame")
         if opcode >= 0x8:
             if opcode > OP_PONG:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
@@ -452,9 +503,7 @@ class Protocol:
         elif opcode > OP_BINARY:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         elif self._msg_opcode is not None:
-            raise ProtocolError(
-                CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message"
-            )
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message")
         else:
             total = length
         limit = self.max_message_size
@@ -463,9 +512,7 @@ class Protocol:
                 # Compressed data can be slightly larger than what it encodes.
                 limit += limit // 1024 + 64
             if total > limit:
-                raise ProtocolError(
-                    CloseCode.MESSAGE_TOO_BIG, "message too big"
-                )
+                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big")
 
     def _message_data(self, chunk: bytes, message_done: bool, events: list[Event]) -> None:
         """Add payload bytes to the message being assembled; emit it when done."""
@@ -495,9 +542,9 @@ class Protocol:
             return
         parts = self._msg_parts
         if decoder is not None:
-            events.append(Message("".join(parts)))  # type: ignore[arg-type]
+            events.append(Message("".join(cast("list[str]", parts))))
         else:
-            events.append(Message(b"".join(parts)))  # type: ignore[arg-type]
+            events.append(Message(b"".join(cast("list[bytes]", parts))))
         self._msg_opcode = None
         self._msg_parts = []
         self._decoder = None
@@ -510,30 +557,39 @@ class Protocol:
             events.append(Pong(payload))
         else:
             code, reason = parse_close_payload(payload)
-            self.close_received = True
-            self._stop()
-            events.append(CloseReceived(code, reason))
+            event = CloseReceived(code, reason)
+            self.close_received = event
+            self.state = State.CLOSING
+            self._stop_receiving()
+            events.append(event)
             return True
         return False
 
     # -- sending -----------------------------------------------------------
 
-    def encode_message(self, data: Union[str, bytes], binary: bool) -> bytes:
+    def encode_message(self, data: Union[str, bytes], binary: bool, utf8: Optional[bytes] = None) -> bytes:
         """Encode a data message as frame bytes (compressed when deflate is on).
 
-        ``str`` data is UTF-8 encoded. Raises :class:`WebSocketClosedError`
+        ``str`` data is UTF-8 encoded (or ``utf8`` used, see
+        :meth:`encode_message_parts`). Raises :class:`WebSocketClosedError`
         once a close was sent.
         """
-        header, payload = self.encode_message_parts(data, binary)
+        header, payload = self.encode_message_parts(data, binary, utf8)
         return header + payload
 
-    def encode_message_parts(self, data: Union[str, bytes], binary: bool) -> tuple[bytes, bytes]:
-        """Like :meth:`encode_message`, as ``(header, payload)`` to send without joining them."""
-        if self.close_sent:
+    def encode_message_parts(
+        self, data: Union[str, bytes], binary: bool, utf8: Optional[bytes] = None
+    ) -> tuple[bytes, bytes]:
+        """Like :meth:`encode_message`, as ``(header, payload)`` to send without joining them.
+
+        ``utf8``, if given, is ``data`` already encoded (the caller vouches
+        for it): the I/O layer passes the bytes a text message was received
+        as when the application sends that very ``str`` back.
+        """
+        if self.close_sent is not None:
             raise WebSocketClosedError("the connection is closing")
         if isinstance(data, str):
-            recent = RECENT_TEXT
-            payload = recent.utf8 if data is recent.text else data.encode("utf-8")
+            payload = data.encode("utf-8") if utf8 is None else utf8
         else:
             payload = data
         opcode = OP_BINARY if binary else OP_TEXT
@@ -541,8 +597,8 @@ class Protocol:
         if deflate is not None:
             compressed = deflate.compress(payload)
             if compressed is not None:
-                return encode_frame_parts(opcode, compressed, rsv1=True, masked=self.is_client)
-        return encode_frame_parts(opcode, payload, masked=self.is_client)
+                return encode_frame_parts(opcode, compressed, rsv1=True, masked=self._masked)
+        return encode_frame_parts(opcode, payload, masked=self._masked)
 
     def encode_ping(self, payload: bytes = b"") -> bytes:
         """Encode a Ping; raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` after close."""
@@ -553,20 +609,22 @@ class Protocol:
         return self._encode_control(OP_PONG, payload)
 
     def _encode_control(self, opcode: int, payload: bytes) -> bytes:
-        if self.close_sent:
+        if self.close_sent is not None:
             raise WebSocketClosedError("the connection is closing")
         if len(payload) > MAX_CONTROL_PAYLOAD:
             raise ValueError(f"control frame payload is {len(payload)} bytes, more than 125")
-        return encode_frame(opcode, payload, masked=self.is_client)
+        return encode_frame(opcode, payload, masked=self._masked)
 
     def encode_close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
-        """Encode our Close frame and mark the close as sent.
+        """Encode our Close frame; :attr:`close_sent` holds it and :attr:`state` becomes ``CLOSING``.
 
         Raises ``ValueError`` for a code that may not be sent or a reason
-        over 123 bytes, :class:`WebSocketClosedError` if a close was sent already.
+        over 123 bytes, :class:`WebSocketClosedError` if a close was sent
+        already or the connection is gone.
         """
-        if self.close_sent:
+        if self.close_sent is not None or self.state is State.CLOSED:
             raise WebSocketClosedError("a close frame was sent already")
         payload = encode_close_payload(code, reason)
-        self.close_sent = True
-        return encode_frame(OP_CLOSE, payload, masked=self.is_client)
+        self.close_sent = Close(code, reason)
+        self.state = State.CLOSING
+        return encode_frame(OP_CLOSE, payload, masked=self._masked)

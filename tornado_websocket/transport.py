@@ -563,4 +563,3 @@ def make_transport(stream: IOStream, sink: TransportSink) -> Transport:
         leftover = cast("asyncio.Future[bytes]", stream.read_bytes(buffered)).result()
     io_loop.remove_handler(sock.fileno())
     return SocketTransport(sock, sink, selector, aloop, leftover)
-
