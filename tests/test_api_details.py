@@ -8,8 +8,8 @@ import pytest
 from conftest import OP_TEXT, bounded, build_frame
 
 import tornado_websocket
-from tornado_websocket.keepalive import MAX_PENDING_PINGS
 from tornado_websocket.errors import WebSocketClosedError, WebSocketError
+from tornado_websocket.keepalive import MAX_PENDING_PINGS
 
 pytestmark = pytest.mark.asyncio
 
