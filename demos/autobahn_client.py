@@ -1,9 +1,11 @@
 """Drive our client through an Autobahn|Testsuite ``fuzzingserver``.
 
 Start the fuzzing server (``wstest -m fuzzingserver``), then run
-``python demos/autobahn_client.py ws://127.0.0.1:9001``. Every case is
-echoed with ``websocket_connect`` (permessage-deflate offered) and the
-reports are updated at the end. ``scripts/autobahn.py`` does all of it.
+``python demos/autobahn_client.py ws://127.0.0.1:9001 [--mode MODE]``. Every
+case is echoed with ``websocket_connect`` (permessage-deflate offered),
+receiving messages with a callback, a ``read_message()`` loop or ``async
+for`` (``--mode``), and the reports are updated at the end (agent
+``tornado_websocket-MODE``). ``scripts/autobahn.py`` does all of it.
 """
 
 from __future__ import annotations
@@ -17,46 +19,59 @@ import tornado_websocket
 AGENT = "tornado_websocket"
 
 
-async def run_case(server: str, case: int) -> None:
-    """Echo every message of one case, in the message callback so each reply leaves in order."""
-    url = f"{server}/runCase?case={case}&agent={AGENT}"
-    holder: list[tornado_websocket.WebSocketClientConnection] = []
-    early: list[Union[str, bytes]] = []  # messages that came with the handshake, before we had `conn`
+def echo_to(conn: tornado_websocket.WebSocketClientConnection, message: Union[str, bytes]) -> None:
+    try:
+        conn.write_message(message, binary=isinstance(message, bytes))
+    except tornado_websocket.WebSocketClosedError:
+        pass  # the case closed the connection (or we did, on a protocol violation)
 
-    def echo(message: Optional[Union[str, bytes]]) -> None:
-        if message is None:
-            return
-        if not holder:
-            early.append(message)
-            return
-        try:
-            holder[0].write_message(message, binary=isinstance(message, bytes))
-        except tornado_websocket.WebSocketClosedError:
-            pass  # the case closed the connection (or we did, on a protocol violation)
+
+async def run_case(server: str, case: int, mode: str) -> None:
+    """Echo every message of one case, receiving them the way ``mode`` says (see MODES)."""
+    url = f"{server}/runCase?case={case}&agent={AGENT}-{mode}"
+    holder: list[tornado_websocket.WebSocketClientConnection] = []
+
+    def on_message(message: Optional[Union[str, bytes]]) -> None:
+        # Runs only once websocket_connect's caller holds the connection: what came with
+        # the 101 waits until then, so no message can arrive before ``holder`` is filled.
+        if message is not None:
+            echo_to(holder[0], message)
 
     try:
         conn = await tornado_websocket.websocket_connect(
-            url, compression_options={}, max_message_size=64 * 1024 * 1024, on_message_callback=echo
+            url,
+            compression_options={},
+            max_message_size=64 * 1024 * 1024,
+            on_message_callback=on_message if mode == "callback" else None,
         )
     except tornado_websocket.WebSocketError as exc:
         print(f"case {case}: {exc}")
         return
     holder.append(conn)
-    for message in early:
-        echo(message)
+    if mode == "read-loop":
+        while (message := await conn.read_message()) is not None:
+            echo_to(conn, message)
+    elif mode == "async-for":
+        async for message in conn:
+            echo_to(conn, message)
     await conn.wait_closed()
+
+
+#: The ways of receiving on the client: a callback, a ``read_message()`` loop, ``async for``.
+MODES = ("callback", "read-loop", "async-for")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("server", nargs="?", default="ws://127.0.0.1:9001")
+    parser.add_argument("--mode", choices=MODES, default="callback", help="how messages are received")
     args = parser.parse_args()
     conn = await tornado_websocket.websocket_connect(f"{args.server}/getCaseCount")
     count = int(await conn.read_message() or 0)
     await conn.wait_closed()
     for case in range(1, count + 1):
-        await asyncio.wait_for(run_case(args.server, case), 120)
-    conn = await tornado_websocket.websocket_connect(f"{args.server}/updateReports?agent={AGENT}")
+        await asyncio.wait_for(run_case(args.server, case, args.mode), 120)
+    conn = await tornado_websocket.websocket_connect(f"{args.server}/updateReports?agent={AGENT}-{args.mode}")
     await conn.wait_closed()
 
 

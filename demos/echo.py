@@ -70,6 +70,54 @@ class ExactEcho(tornado_websocket.WebSocketHandler):
         self.write_message(message, binary=isinstance(message, bytes))
 
 
+class CallbackEcho(ExactEcho):
+    """The exact echo, receiving with the seed's ``receive_message(callback)``."""
+
+    def open(self) -> None:
+        self.receive_message(self.echo)
+
+    def echo(self, message: str | bytes) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
+class CoroutineEcho(ExactEcho):
+    """The exact echo with a coroutine ``on_message`` that awaits each write."""
+
+    async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
+        await self.write_message(message, binary=isinstance(message, bytes))
+
+
+class PullEcho(ExactEcho):
+    """The exact echo pulling with ``await self.receive_message()`` in a task started by ``open()``."""
+
+    def open(self) -> None:
+        self.task = asyncio.ensure_future(self.pump())
+
+    async def pump(self) -> None:
+        while (message := await self.receive_message()) is not None:
+            await self.write_message(message, binary=isinstance(message, bytes))
+
+    on_message = tornado_websocket.WebSocketHandler.on_message  # the default: queue for receive_message()
+
+
+class AsyncForEcho(PullEcho):
+    """The exact echo pulling with ``async for message in self``."""
+
+    async def pump(self) -> None:
+        async for message in self:
+            await self.write_message(message, binary=isinstance(message, bytes))
+
+
+#: The exact echo in every way of receiving messages: ``/echo/<mode>``.
+ECHO_MODES = {
+    "push": ExactEcho,
+    "callback": CallbackEcho,
+    "coroutine": CoroutineEcho,
+    "pull": PullEcho,
+    "async-for": AsyncForEcho,
+}
+
+
 class PageOrEcho(ExactEcho):
     """``/``: the demo page for a browser, the exact echo for a WebSocket client."""
 
@@ -82,9 +130,9 @@ class PageOrEcho(ExactEcho):
 
 
 def make_app() -> tornado.web.Application:
-    return tornado.web.Application(
-        [(r"/", PageOrEcho), (r"/websocket", EchoWebSocket), (r"/echo", ExactEcho)]
-    )
+    routes: list[Any] = [(r"/", PageOrEcho), (r"/websocket", EchoWebSocket), (r"/echo", ExactEcho)]
+    routes += [(rf"/echo/{mode}", handler) for mode, handler in ECHO_MODES.items()]
+    return tornado.web.Application(routes)
 
 
 async def main() -> None:
@@ -95,7 +143,8 @@ async def main() -> None:
     server = make_app().listen(args.port, args.address)
     print(
         f"Echo demo on http://{args.address}:{args.port}/ : the seed EchoWebSocket at /websocket, "
-        "an exact echo (permessage-deflate, 64 MiB messages) at /echo and at / for WebSocket clients",
+        "an exact echo (permessage-deflate, 64 MiB messages) at /echo and at / for WebSocket clients, "
+        "and at /echo/{" + ",".join(ECHO_MODES) + "} in each way of receiving",
         flush=True,
     )
     closed = await tornado_websocket.shutdown_on_signal(server, timeout=5.0)

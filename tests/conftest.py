@@ -30,6 +30,17 @@ from tornado_websocket.protocol import Protocol
 
 TIMEOUT = 5.0
 
+#: ``TORNADO_WEBSOCKET_TEST_LOOP=uvloop`` runs every asyncio test on uvloop instead of asyncio's loop.
+TEST_LOOP = os.environ.get("TORNADO_WEBSOCKET_TEST_LOOP", "asyncio")
+if TEST_LOOP == "uvloop":
+    import uvloop
+
+    def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+        return {"uvloop": uvloop.new_event_loop}
+
+elif TEST_LOOP != "asyncio":
+    raise RuntimeError(f"TORNADO_WEBSOCKET_TEST_LOOP must be asyncio or uvloop, not {TEST_LOOP!r}")
+
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 
