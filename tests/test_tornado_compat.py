@@ -68,14 +68,6 @@ DESELECTED: dict[str, str] = {
     # ping_sleep_time() static method; our keepalive is a call_later timer in
     # tornado_websocket.connection.WebSocketConnection._keepalive.
     "PingCalculationTest::test_ping_sleep_time": "WebSocketProtocol13.ping_sleep_time is Tornado-private",
-    # Read ws.protocol._message_bytes_in/_out and _wire_bytes_in/_out, the
-    # byte counters of Tornado's private WebSocketProtocol13 (and its
-    # _PerMessageDeflateCompressor); our client has no ``protocol`` object
-    # with such counters. test_size_limit of the same classes still runs.
-    "NoCompressionTest::test_message_sizes": "reads WebSocketProtocol13 private byte counters",
-    "ServerOnlyCompressionTest::test_message_sizes": "reads WebSocketProtocol13 private byte counters",
-    "ClientOnlyCompressionTest::test_message_sizes": "reads WebSocketProtocol13 private byte counters",
-    "DefaultCompressionTest::test_message_sizes": "reads WebSocketProtocol13 private byte counters",
     # Wraps ws.protocol._handle_message (WebSocketProtocol13's private frame
     # dispatcher) to drop pongs, and reads ws.protocol.close_code.
     "ServerPingTimeoutTest::test_client_ping_timeout": "hooks WebSocketProtocol13._handle_message",
@@ -118,7 +110,13 @@ _INFO_LOG = (
     "unexpected log (assertNoLogs). Everything else in the test passes"
 )
 
-XFAIL: dict[str, str] = {}
+XFAIL: dict[str, str] = {
+    "DefaultCompressionTest::test_message_sizes": (
+        "DIFFERENCE: messages under 32 bytes are sent uncompressed by default (deflate.py "
+        "DeflateOptions.threshold, docs/migration.md), so the test's 28-byte message takes "
+        "3 x (28 + 6) wire bytes where Tornado, compressing it, takes fewer"
+    ),
+}
 
 
 def _load_tornado_tests() -> types.ModuleType:

@@ -6,6 +6,7 @@ keep the handler. See README.md and docs/.
 
 from tornado_websocket.broadcast import broadcast
 from tornado_websocket.client import WebSocketClientConnection, websocket_connect
+from tornado_websocket.connection import WebSocketConnection, WebSocketProtocol, WebSocketProtocol13
 from tornado_websocket.errors import (
     ProtocolError,
     WebSocketClosedError,
@@ -16,9 +17,13 @@ from tornado_websocket.errors import (
 )
 from tornado_websocket.frames import CloseCode, Opcode
 from tornado_websocket.handler import WebSocketHandler
+from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from tornado_websocket.shutdown import shutdown, shutdown_on_signal
 
 __version__ = "0.1.0"
+
+#: Tornado's module constant (10 MiB), which some applications read.
+_default_max_message_size = DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = [
     "CloseCode",
@@ -26,10 +31,13 @@ __all__ = [
     "ProtocolError",
     "WebSocketClientConnection",
     "WebSocketClosedError",
+    "WebSocketConnection",
     "WebSocketConnectError",
     "WebSocketError",
     "WebSocketHandler",
     "WebSocketHandshakeError",
+    "WebSocketProtocol",
+    "WebSocketProtocol13",
     "WebSocketTimeoutError",
     "websocket_connect",
     "__version__",

@@ -16,7 +16,7 @@ import urllib.parse
 import warnings
 from typing import Any, Awaitable, Callable, Optional, Union
 
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import HTTPRequest, _RequestProxy
 from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
@@ -34,7 +34,6 @@ from tornado_websocket.errors import (
 )
 from tornado_websocket.inbox import Data, MessageInbox
 from tornado_websocket.options import (
-    DEFAULT_MAX_QUEUED_MESSAGES,
     DEFAULT_MAX_WRITE_BUFFER_SIZE,
     ConnectionOptions,
     warn_unknown_compression_options,
@@ -67,21 +66,52 @@ class WebSocketClientConnection(WebSocketEndpoint):
 
     #: As on Tornado's client (an HTTP connection): ``None`` once the ``101`` was accepted.
     code: Optional[int] = None
+    _selected_subprotocol: Optional[str] = None
 
     def __init__(
         self,
-        request: HTTPRequest,
-        headers: HTTPHeaders,
-        subprotocol: Optional[str],
-        on_message_callback: Optional[Callable[[Optional[Data]], Any]],
-        max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
+        request: Union[str, HTTPRequest],
+        on_message_callback: Optional[Callable[[Optional[Data]], Any]] = None,
+        compression_options: Optional[dict[str, Any]] = None,
+        ping_interval: Optional[float] = None,
+        ping_timeout: Optional[float] = None,
+        max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
+        subprotocols: Optional[list[str]] = None,
+        resolver: Optional[Resolver] = None,
+        *,
+        connect_timeout: Union[float, None, _Default] = UNSET,
+        headers: Optional[Union[dict[str, str], HTTPHeaders]] = None,
+        ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]] = None,
+        close_timeout: Optional[float] = None,
+        max_write_buffer_size: Optional[int] = DEFAULT_MAX_WRITE_BUFFER_SIZE,
+        max_queued_messages: Optional[int] = None,
     ) -> None:
-        self.request = request
-        #: The headers of the server's ``101`` answer.
-        self.headers = headers
-        self.max_queued_messages = max_queued_messages
-        self._selected_subprotocol = subprotocol
+        """Start connecting (as Tornado's constructor does); :attr:`connect_future` gives ``self`` once open.
+
+        The arguments are :func:`websocket_connect`'s, which is the usual
+        way in. Raises ``ValueError`` at once for an impossible option or a
+        URL that is not ``ws://``/``wss://`` (``http``/``https`` are taken
+        as such).
+        """
+        options = ConnectionOptions.create(
+            max_message_size=max_message_size,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
+            max_write_buffer_size=max_write_buffer_size,
+            max_queued_messages=max_queued_messages,
+        )
+        warn_unknown_compression_options(compression_options)
+        self.request, timeout, tls = _client_request(request, headers, connect_timeout, ssl_options)
+        #: The headers of the server's ``101`` answer (empty until it came).
+        self.headers = HTTPHeaders()
+        self.max_queued_messages = options.max_queued_messages
         self._on_message_callback = on_message_callback
+        #: A future of this connection, done once the handshake succeeded (Tornado's name).
+        self.connect_future: asyncio.Future[WebSocketClientConnection] = asyncio.ensure_future(
+            _connect(self, options, subprotocols, compression_options, timeout, tls, resolver)
+        )
+        self.connect_future.add_done_callback(_start_connection)
 
     def _start(self) -> None:
         """Start dispatching (see _start_connection)."""
@@ -216,32 +246,25 @@ def websocket_connect(
     :class:`~tornado_websocket.options.ConnectionOptions`, the same as on
     the server. Raises ``ValueError`` at once for an impossible option.
     """
-    options = ConnectionOptions.create(
-        max_message_size=max_message_size,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
+    future = WebSocketClientConnection(
+        url,
+        on_message_callback,
+        compression_options,
+        ping_interval,
+        ping_timeout,
+        max_message_size,
+        subprotocols,
+        resolver,
+        connect_timeout=connect_timeout,
+        headers=headers,
+        ssl_options=ssl_options,
         close_timeout=close_timeout,
         max_write_buffer_size=max_write_buffer_size,
         max_queued_messages=max_queued_messages,
-    )
-    warn_unknown_compression_options(compression_options)
-    future = asyncio.ensure_future(
-        _connect(
-            url,
-            subprotocols=subprotocols,
-            headers=headers,
-            connect_timeout=connect_timeout,
-            options=options,
-            compression_options=compression_options,
-            on_message_callback=on_message_callback,
-            ssl_options=ssl_options,
-            resolver=resolver,
-        )
-    )
+    ).connect_future
     if callback is not None:
         warnings.warn("the callback argument is deprecated, await the result instead", DeprecationWarning, stacklevel=2)
         IOLoop.current().add_future(future, callback)
-    future.add_done_callback(_start_connection)
     return future
 
 
@@ -258,19 +281,18 @@ def _start_connection(future: asyncio.Future[WebSocketClientConnection]) -> None
         IOLoop.current().add_callback(future.result()._start)
 
 
-async def _connect(
+def _client_request(
     url: Union[str, HTTPRequest],
-    *,
-    subprotocols: Optional[list[str]],
     headers: Optional[Union[dict[str, str], HTTPHeaders]],
     connect_timeout: Union[float, None, _Default],
-    options: ConnectionOptions,
-    compression_options: Optional[dict[str, Any]],
-    on_message_callback: Optional[Callable[[Optional[Data]], Any]],
     ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]],
-    resolver: Optional[Resolver],
-) -> WebSocketClientConnection:
-    if isinstance(url, HTTPRequest):
+) -> tuple[HTTPRequest, Optional[float], Optional[Union[dict[str, Any], ssl.SSLContext]]]:
+    """The request to send (a copy), the connect timeout and the TLS options, from what the caller gave."""
+    if isinstance(url, _RequestProxy):  # what Tornado's own client code passes around
+        url = url.request
+    if isinstance(url, str):
+        request = HTTPRequest(url)
+    else:
         request = copy.copy(url)
         request.headers = HTTPHeaders(request.headers)
         if connect_timeout is UNSET and request.connect_timeout is not None:
@@ -281,20 +303,31 @@ async def _connect(
             ssl_options = ssl.create_default_context()
             ssl_options.check_hostname = False
             ssl_options.verify_mode = ssl.CERT_NONE
-    else:
-        request = HTTPRequest(url)
-    if connect_timeout is UNSET:
-        connect_timeout = DEFAULT_CONNECT_TIMEOUT
     if headers:
         for name, value in HTTPHeaders(headers).get_all():
             request.headers.add(name, value)
-
     parts = urllib.parse.urlsplit(request.url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a ws:// or wss:// URL: {request.url}")
-    secure = scheme == "wss"
-    host = parts.hostname
+    timeout = DEFAULT_CONNECT_TIMEOUT if connect_timeout is UNSET else connect_timeout
+    return request, timeout, ssl_options
+
+
+async def _connect(
+    client: WebSocketClientConnection,
+    options: ConnectionOptions,
+    subprotocols: Optional[list[str]],
+    compression_options: Optional[dict[str, Any]],
+    connect_timeout: Optional[float],
+    ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]],
+    resolver: Optional[Resolver],
+) -> WebSocketClientConnection:
+    """The opening handshake of ``client``; raises as :func:`websocket_connect` says."""
+    request = client.request
+    parts = urllib.parse.urlsplit(request.url)
+    secure = parts.scheme in ("wss", "https")
+    host = parts.hostname or ""
     port = parts.port or (443 if secure else 80)
 
     key = handshake.generate_key()
@@ -308,6 +341,7 @@ async def _connect(
         request_headers.add(name, value)
     for name, value in handshake.client_request_headers(key, subprotocols, offer).items():
         request_headers[name] = value
+    request.headers = request_headers  # as Tornado: the request shows the headers sent
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in request_headers.get_all())
 
@@ -365,9 +399,8 @@ async def _connect(
         cause = getattr(exc, "real_error", None) or exc
         raise WebSocketConnectError(f"cannot connect to {host}:{port}: {cause}") from exc
 
-    client = WebSocketClientConnection(
-        request, response_headers, subprotocol, on_message_callback, options.max_queued_messages
-    )
+    client.headers = response_headers
+    client._selected_subprotocol = subprotocol
     connection = WebSocketConnection(
         stream, Protocol(Side.CLIENT, options.max_message_size, compressor), client, options
     )

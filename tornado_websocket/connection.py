@@ -30,6 +30,7 @@ from tornado_websocket.buffers import frame_buffers
 from tornado_websocket.closing import CloseHandshake
 from tornado_websocket.errors import WebSocketClosedError
 from tornado_websocket.frames import OP_BINARY, OP_TEXT, CloseCode, encode_frame
+from tornado_websocket.handshake import accept_key
 from tornado_websocket.keepalive import Keepalive
 from tornado_websocket.options import ConnectionOptions
 from tornado_websocket.protocol import (
@@ -244,6 +245,54 @@ class WebSocketConnection:
     def max_write_buffer_size(self) -> Optional[int]:
         """Unsent bytes a peer that does not read may leave waiting before it is dropped."""
         return self.options.max_write_buffer_size
+
+    # -- what Tornado's WebSocketProtocol13 offers and applications use -----------
+
+    @staticmethod
+    def compute_accept_value(key: Union[str, bytes]) -> str:
+        """The ``Sec-WebSocket-Accept`` value for a ``Sec-WebSocket-Key`` (Tornado's static method)."""
+        return accept_key(key if isinstance(key, str) else key.decode("ascii"))
+
+    @property
+    def client_terminated(self) -> bool:
+        """True once the peer's Close frame arrived or TCP is gone (Tornado's flag, read-only here)."""
+        protocol = self.protocol
+        return protocol.close_received is not None or protocol.state is _CLOSED
+
+    @property
+    def server_terminated(self) -> bool:
+        """True once we sent a Close frame or TCP is gone (Tornado's flag, read-only here)."""
+        return self.is_closing()
+
+    @property
+    def selected_subprotocol(self) -> Optional[str]:
+        """The subprotocol of this connection (the owner's), or ``None``."""
+        value: Optional[str] = getattr(self.owner, "selected_subprotocol", None)
+        return value
+
+    @property
+    def _message_bytes_in(self) -> int:
+        return self.protocol.message_bytes_received
+
+    @property
+    def _message_bytes_out(self) -> int:
+        return self.protocol.message_bytes_sent
+
+    @property
+    def _wire_bytes_in(self) -> int:
+        return self.protocol.bytes_received
+
+    @property
+    def _wire_bytes_out(self) -> int:
+        return self.protocol.bytes_sent
+
+    def write_ping(self, data: bytes = b"") -> None:
+        """Send a ping without waiting for its pong (Tornado's method; a no-op once closing).
+
+        Raises ``ValueError`` for a payload over 125 bytes.
+        """
+        if not self.is_closing():
+            self._write(self.protocol.encode_ping(utf8(data)))
 
     @property
     def pending_pings(self) -> int:
@@ -563,6 +612,9 @@ class WebSocketConnection:
             self.write_message(message.payload, message.binary)
             return
         frame = message.frame
+        protocol.messages_sent += 1
+        protocol.message_bytes_sent += len(message.payload)
+        protocol.bytes_sent += len(frame)
         batch = self._batch
         if batch is not None:
             batch.append(frame)
@@ -616,3 +668,7 @@ class WebSocketConnection:
     def set_nodelay(self, value: bool) -> None:
         """Set TCP_NODELAY on the socket (see ``IOStream.set_nodelay``)."""
         self.transport.set_nodelay(value)
+
+
+#: Tornado's names for the object behind ``ws_connection`` (``isinstance`` checks, ``compute_accept_value``).
+WebSocketProtocol = WebSocketProtocol13 = WebSocketConnection

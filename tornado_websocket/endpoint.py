@@ -26,9 +26,12 @@ import concurrent.futures
 import threading
 from typing import Any, Callable, Optional, TypeVar, Union
 
+from tornado.escape import json_encode
+from tornado.log import gen_log
+
 from tornado_websocket.connection import WebSocketConnection
 from tornado_websocket.errors import WebSocketClosedError
-from tornado_websocket.frames import CloseCode, encode_close_payload
+from tornado_websocket.frames import MAX_CLOSE_REASON, CloseCode, is_valid_close_code
 from tornado_websocket.inbox import Data, MessageInbox
 from tornado_websocket.options import DEFAULT_MAX_QUEUED_MESSAGES
 
@@ -57,6 +60,23 @@ def _from_other_thread(
 
     connection.event_loop.call_soon_threadsafe(run)
     return result
+
+
+def sendable_close(code: Optional[int], reason: Optional[str]) -> tuple[int, str]:
+    """The close code and reason to send for what the application asked.
+
+    1000 by default, 1011 for a code that may not be sent, the reason cut to
+    123 UTF-8 bytes (at a character boundary).
+    """
+    close_code = CloseCode.NORMAL_CLOSURE if code is None else code
+    if not is_valid_close_code(close_code):
+        gen_log.debug("close code %r may not be sent (RFC 6455 section 7.4); sending 1011", code)
+        close_code = CloseCode.INTERNAL_ERROR
+    text = reason or ""
+    encoded = text.encode("utf-8")
+    if len(encoded) > MAX_CLOSE_REASON:
+        text = encoded[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+    return close_code, text
 
 
 def _copy_outcome(source: asyncio.Future[Any], target: concurrent.futures.Future[Any]) -> None:
@@ -93,11 +113,18 @@ class WebSocketEndpoint:
         the connection is closing or closed, ``TypeError`` for other types.
         """
         connection = self.ws_connection
+        if type(connection) is WebSocketConnection:
+            if _get_ident() == connection._thread:
+                return connection.write_message(message, binary)
+            return _from_other_thread(connection, connection.write_message, message, binary)  # type: ignore[return-value]
         if connection is None:
             raise WebSocketClosedError("the WebSocket is closed")
-        if _get_ident() != connection._thread:
-            return _from_other_thread(connection, connection.write_message, message, binary)  # type: ignore[return-value]
-        return connection.write_message(message, binary)
+        # A stand-in an application or test assigned to ws_connection: what Tornado does.
+        if connection.is_closing():
+            raise WebSocketClosedError("the WebSocket is closed")
+        if isinstance(message, dict):
+            message = json_encode(message)
+        return connection.write_message(message, binary=binary)
 
     send_message = write_message
 
@@ -110,7 +137,7 @@ class WebSocketEndpoint:
         connection = self.ws_connection
         if connection is None:
             raise WebSocketClosedError("the WebSocket is closed")
-        if _get_ident() != connection._thread:
+        if type(connection) is WebSocketConnection and _get_ident() != connection._thread:
             return _from_other_thread(connection, connection.ping, data)  # type: ignore[return-value]
         return connection.ping(data)
 
@@ -119,19 +146,23 @@ class WebSocketEndpoint:
     ) -> Optional[concurrent.futures.Future[None]]:
         """Start the close handshake (code 1000 by default); the socket closes when it completes.
 
-        A no-op on a closing connection. Raises ``ValueError`` for a code
-        that may not be sent or a reason over 123 UTF-8 bytes. From another
-        thread, returns a ``concurrent.futures.Future`` of the call.
+        A no-op on a closing connection. A code that may not be sent (RFC
+        6455 section 7.4, say 1005 or 10000) is replaced by 1011 (internal
+        error) and a reason over 123 UTF-8 bytes is cut, rather than
+        raising from what is often an error path. From another thread,
+        returns a ``concurrent.futures.Future`` of the call.
         """
         connection = self.ws_connection
         if connection is None:
             return None
-        close_code = CloseCode.NORMAL_CLOSURE if code is None else code
-        encode_close_payload(close_code, reason or "")  # raises ValueError before anything changes
         self.ws_connection = None  # as Tornado: the endpoint no longer offers the connection
+        if type(connection) is not WebSocketConnection:
+            connection.close(code, reason)  # a stand-in: what Tornado does
+            return None
+        close_code, close_reason = sendable_close(code, reason)
         if _get_ident() != connection._thread:
-            return _from_other_thread(connection, connection.close, close_code, reason or "")
-        connection.close(close_code, reason or "")
+            return _from_other_thread(connection, connection.close, close_code, close_reason)
+        connection.close(close_code, close_reason)
         return None
 
     def is_closing(self) -> bool:
@@ -154,8 +185,11 @@ class WebSocketEndpoint:
             connection.add_close_callback(lambda _: callback(self))
 
     def set_nodelay(self, value: bool) -> None:
-        """Set TCP_NODELAY (on by default here: frames are already coalesced per write)."""
-        connection = self._connection
+        """Set TCP_NODELAY (on by default here: frames are already coalesced per write).
+
+        Raises :class:`~tornado_websocket.errors.WebSocketClosedError` before the connection opened.
+        """
+        connection = self.ws_connection or self._connection
         if connection is None:
             raise WebSocketClosedError("set_nodelay needs an open connection")
         connection.set_nodelay(value)

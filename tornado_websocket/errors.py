@@ -6,6 +6,7 @@ for Tornado keep working after the import is switched.
 
 from __future__ import annotations
 
+import http.client
 from typing import Optional
 
 from tornado.httpclient import HTTPClientError
@@ -66,7 +67,9 @@ class WebSocketHandshakeError(WebSocketError, HTTPClientError):
         self.body = body
 
     def __str__(self) -> str:
-        return f"WebSocket handshake failed ({self.code}): {self.message}"
+        # Starts as Tornado's HTTPClientError does ("HTTP 403: Forbidden"): callers match on it.
+        phrase = http.client.responses.get(self.code, "Unknown")
+        return f"HTTP {self.code}: {phrase}: WebSocket handshake failed: {self.message}"
 
 
 class WebSocketConnectError(WebSocketHandshakeError, OSError):

@@ -31,7 +31,6 @@ from tornado_websocket.options import (
     warn_unknown_compression_options,
 )
 from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE, Protocol, Side
-from tornado_websocket.transport import DetachedStream
 
 MessageCallback = Callable[[Union[str, bytes]], Optional[Awaitable[Any]]]
 
@@ -43,21 +42,23 @@ def _not_supported() -> NoReturn:
 _NO_HEADERS = HTTPHeaders()
 
 
-class _UpgradedHTTPConnection:
-    """What ``request.connection`` becomes after the upgrade: the HTTP/1.1 connection is gone, its ``stream`` stays.
+class _DetachedHTTPConnection:
+    """What ``request.connection`` becomes after the upgrade, for every handler: as in Tornado, ``stream`` is None.
 
-    Applications check ``self.request.connection.stream.closed()``; the
-    stream is the connection's (see :attr:`WebSocketConnection.stream`).
+    Tornado's ``HTTP1Connection`` stays with ``stream = None`` after
+    ``detach()``; applications test ``request.connection.stream`` (and its
+    ``closed()``). One shared object keeps that without keeping the real
+    connection for the life of the WebSocket.
     """
 
-    __slots__ = ("_connection",)
+    __slots__ = ()
+    stream = None
 
-    def __init__(self, connection: WebSocketConnection) -> None:
-        self._connection = connection
+    def set_close_callback(self, callback: Optional[Callable[[], None]]) -> None:
+        """Nothing to watch: the WebSocket connection reports its own end (``on_close``)."""
 
-    @property
-    def stream(self) -> Union[IOStream, DetachedStream]:
-        return self._connection.stream
+
+_DETACHED_HTTP_CONNECTION = _DetachedHTTPConnection()
 
 
 class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
@@ -128,7 +129,6 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
             stream, Protocol(Side.SERVER, max_message_size, compressor), self, self._connection_options()
         )
         self._attach(connection)
-        self.request.connection = _UpgradedHTTPConnection(connection)  # type: ignore[assignment]
         connection.set_nodelay(True)
         try:
             result = self.open(*args, **kwargs)
@@ -250,6 +250,7 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
         # The 101 answer is sent and the HTTP/1.1 connection object is done with:
         # keep neither for the life of the WebSocket (memory per idle connection).
         self._headers = _NO_HEADERS
+        self.request.connection = _DETACHED_HTTP_CONNECTION  # type: ignore[assignment]
         self.request.server_connection = None  # it holds the IOStream, which the socket may leave
         return stream
 

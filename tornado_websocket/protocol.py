@@ -175,11 +175,22 @@ class Protocol:
     :attr:`state` is the one place the connection's life is kept;
     :attr:`close_sent` and :attr:`close_received` hold the Close frames that
     went each way (``None`` until then).
+
+    Counters, from the start: ``bytes_received`` / ``bytes_sent`` on the
+    wire (every frame, as fed and as encoded), ``messages_received`` /
+    ``messages_sent`` (data messages) and ``message_bytes_received`` /
+    ``message_bytes_sent`` (their payloads, uncompressed).
     """
 
     __slots__ = (
         "side",
         "state",
+        "bytes_received",
+        "bytes_sent",
+        "messages_received",
+        "messages_sent",
+        "message_bytes_received",
+        "message_bytes_sent",
         "max_message_size",
         "deflate",
         "buffers",
@@ -215,6 +226,9 @@ class Protocol:
             raise TypeError(f"side must be Side.SERVER or Side.CLIENT, not {side!r}")
         self.side = side
         self.state = State.OPEN
+        self.bytes_received = self.bytes_sent = 0
+        self.messages_received = self.messages_sent = 0
+        self.message_bytes_received = self.message_bytes_sent = 0
         self.max_message_size = max_message_size
         self.deflate = deflate
         self.buffers = buffers
@@ -260,6 +274,7 @@ class Protocol:
         events: list[Event] = []
         if not self._receiving or not data:
             return events
+        self.bytes_received += len(data)
         buf: Union[bytes, bytearray, memoryview]
         if self._buf:
             self._buf += data
@@ -387,6 +402,8 @@ class Protocol:
                     with memoryview(buf) as view:  # unmask straight out of the input, no copy first
                         payload = apply_mask(mask, view[start:stop])
                 pos = stop
+                self.messages_received += 1
+                self.message_bytes_received += length
                 if opcode == OP_TEXT:
                     try:
                         events.append(Message(payload.decode("utf-8"), payload))
@@ -449,6 +466,7 @@ class Protocol:
             return events
         if n > self._frame_remaining:
             raise ValueError("more bytes than the frame has left")
+        self.bytes_received += n
         self._frame_filled_in(n, events)
         return events
 
@@ -541,6 +559,8 @@ class Protocol:
         if not message_done:
             return
         parts = self._msg_parts
+        self.messages_received += 1
+        self.message_bytes_received += self._msg_size
         if decoder is not None:
             events.append(Message("".join(cast("list[str]", parts))))
         else:
@@ -593,12 +613,18 @@ class Protocol:
         else:
             payload = data
         opcode = OP_BINARY if binary else OP_TEXT
+        self.messages_sent += 1
+        self.message_bytes_sent += len(payload)
         deflate = self.deflate
         if deflate is not None:
             compressed = deflate.compress(payload)
             if compressed is not None:
-                return encode_frame_parts(opcode, compressed, rsv1=True, masked=self._masked)
-        return encode_frame_parts(opcode, payload, masked=self._masked)
+                parts = encode_frame_parts(opcode, compressed, rsv1=True, masked=self._masked)
+                self.bytes_sent += len(parts[0]) + len(compressed)
+                return parts
+        parts = encode_frame_parts(opcode, payload, masked=self._masked)
+        self.bytes_sent += len(parts[0]) + len(payload)
+        return parts
 
     def encode_ping(self, payload: bytes = b"") -> bytes:
         """Encode a Ping; raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` after close."""
@@ -613,7 +639,9 @@ class Protocol:
             raise WebSocketClosedError("the connection is closing")
         if len(payload) > MAX_CONTROL_PAYLOAD:
             raise ValueError(f"control frame payload is {len(payload)} bytes, more than 125")
-        return encode_frame(opcode, payload, masked=self._masked)
+        frame = encode_frame(opcode, payload, masked=self._masked)
+        self.bytes_sent += len(frame)
+        return frame
 
     def encode_close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
         """Encode our Close frame; :attr:`close_sent` holds it and :attr:`state` becomes ``CLOSING``.
@@ -627,4 +655,6 @@ class Protocol:
         payload = encode_close_payload(code, reason)
         self.close_sent = Close(code, reason)
         self.state = State.CLOSING
-        return encode_frame(OP_CLOSE, payload, masked=self._masked)
+        frame = encode_frame(OP_CLOSE, payload, masked=self._masked)
+        self.bytes_sent += len(frame)
+        return frame

@@ -359,8 +359,14 @@ class DetachedStream:
         self._transport = transport
 
     @property
-    def socket(self) -> socket.socket:
-        return self._transport.socket
+    def socket(self) -> Optional[socket.socket]:
+        """The socket; ``None`` once the connection is closed, as on an IOStream."""
+        return None if self._transport.closed else self._transport.socket
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """As ``IOStream.error``; always ``None``: the cause of a closed connection is not kept."""
+        return None
 
     def fileno(self) -> int:
         return self._transport.socket.fileno()
