@@ -78,7 +78,6 @@ class WebSocketClientConnection(WebSocketEndpoint):
         max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
         subprotocols: Optional[list[str]] = None,
         resolver: Optional[Resolver] = None,
-        *,
         connect_timeout: Union[float, None, _Default] = UNSET,
         headers: Optional[Union[dict[str, str], HTTPHeaders]] = None,
         ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]] = None,
@@ -180,12 +179,6 @@ class WebSocketClientConnection(WebSocketEndpoint):
             return None
         return self._pull_inbox().put(message)
 
-    def on_ping(self, data: bytes) -> None:
-        """Called when a ping arrives (the pong is sent for you)."""
-
-    def on_pong(self, data: bytes) -> None:
-        """Called when a pong arrives."""
-
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is gone (after :meth:`close` or a close by the server)."""
         if self._connection is not None:
@@ -195,12 +188,6 @@ class WebSocketClientConnection(WebSocketEndpoint):
 
     def _on_ws_message(self, message: Data) -> Optional[Awaitable[Any]]:
         return self.on_message(message)
-
-    def _on_ws_ping(self, payload: bytes) -> None:
-        self.on_ping(payload)
-
-    def _on_ws_pong(self, payload: bytes) -> None:
-        self.on_pong(payload)
 
     def _on_endpoint_closed(self) -> None:
         if self._on_message_callback is not None:
@@ -246,6 +233,7 @@ def websocket_connect(
     :class:`~tornado_websocket.options.ConnectionOptions`, the same as on
     the server. Raises ``ValueError`` at once for an impossible option.
     """
+    # Tornado's arguments in Tornado's order, then ours (see WebSocketClientConnection).
     future = WebSocketClientConnection(
         url,
         on_message_callback,
@@ -255,12 +243,12 @@ def websocket_connect(
         max_message_size,
         subprotocols,
         resolver,
-        connect_timeout=connect_timeout,
-        headers=headers,
-        ssl_options=ssl_options,
-        close_timeout=close_timeout,
-        max_write_buffer_size=max_write_buffer_size,
-        max_queued_messages=max_queued_messages,
+        connect_timeout,
+        headers,
+        ssl_options,
+        close_timeout,
+        max_write_buffer_size,
+        max_queued_messages,
     ).connect_future
     if callback is not None:
         warnings.warn("the callback argument is deprecated, await the result instead", DeprecationWarning, stacklevel=2)

@@ -231,20 +231,17 @@ class WebSocketConnection:
         protocol = self.protocol
         return protocol.close_sent is not None or protocol.state is _CLOSED
 
-    @property
-    def ping_interval(self) -> float:
-        """Seconds between keepalive pings (0: none)."""
-        return self.options.ping_interval
+    ping_interval = property(lambda self: self.options.ping_interval, doc="Seconds between keepalive pings (0: none).")
+    ping_timeout = property(lambda self: self.options.ping_timeout, doc="Seconds a keepalive pong may take (0: none).")
+    max_write_buffer_size = property(
+        lambda self: self.options.max_write_buffer_size,
+        doc="Unsent bytes allowed before a peer that does not read is dropped.",
+    )
 
     @property
-    def ping_timeout(self) -> float:
-        """Seconds a keepalive pong may take (0: no limit)."""
-        return self.options.ping_timeout
-
-    @property
-    def max_write_buffer_size(self) -> Optional[int]:
-        """Unsent bytes a peer that does not read may leave waiting before it is dropped."""
-        return self.options.max_write_buffer_size
+    def pending_pings(self) -> int:
+        """Pings sent that wait for a pong."""
+        return 0 if self._keepalive is None else self._keepalive.pending
 
     # -- what Tornado's WebSocketProtocol13 offers and applications use -----------
 
@@ -270,21 +267,11 @@ class WebSocketConnection:
         value: Optional[str] = getattr(self.owner, "selected_subprotocol", None)
         return value
 
-    @property
-    def _message_bytes_in(self) -> int:
-        return self.protocol.message_bytes_received
-
-    @property
-    def _message_bytes_out(self) -> int:
-        return self.protocol.message_bytes_sent
-
-    @property
-    def _wire_bytes_in(self) -> int:
-        return self.protocol.bytes_received
-
-    @property
-    def _wire_bytes_out(self) -> int:
-        return self.protocol.bytes_sent
+    # Tornado's private counters, which its own tests (and some applications) read.
+    _message_bytes_in = property(lambda self: self.protocol.message_bytes_received)
+    _message_bytes_out = property(lambda self: self.protocol.message_bytes_sent)
+    _wire_bytes_in = property(lambda self: self.protocol.bytes_received)
+    _wire_bytes_out = property(lambda self: self.protocol.bytes_sent)
 
     def write_ping(self, data: bytes = b"") -> None:
         """Send a ping without waiting for its pong (Tornado's method; a no-op once closing).
@@ -293,11 +280,6 @@ class WebSocketConnection:
         """
         if not self.is_closing():
             self._write(self.protocol.encode_ping(utf8(data)))
-
-    @property
-    def pending_pings(self) -> int:
-        """Pings sent that wait for a pong."""
-        return 0 if self._keepalive is None else self._keepalive.pending
 
     # -- reading (called by the transport) ----------------------------------------
 

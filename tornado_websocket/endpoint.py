@@ -222,10 +222,16 @@ class WebSocketEndpoint:
         return self._pull_inbox().put(message)
 
     def _on_ws_ping(self, payload: bytes) -> None:
-        pass
+        self.on_ping(payload)
 
     def _on_ws_pong(self, payload: bytes) -> None:
-        pass
+        self.on_pong(payload)
+
+    def on_ping(self, data: bytes) -> None:
+        """Called when a ping arrives (the pong is sent for you)."""
+
+    def on_pong(self, data: bytes) -> None:
+        """Called when a pong arrives."""
 
     def _ws_pull_pending(self) -> Optional[asyncio.Future[None]]:
         inbox = self._inbox

@@ -42,6 +42,11 @@ def _not_supported() -> NoReturn:
 _NO_HEADERS = HTTPHeaders()
 
 
+def _setting(name: str, default: Any, doc: str) -> Any:
+    """A read-only handler property that gives the Application setting ``name`` (``default`` if unset)."""
+    return property(lambda self: self.settings.get(name, default), doc=doc)
+
+
 class _DetachedHTTPConnection:
     """What ``request.connection`` becomes after the upgrade, for every handler: as in Tornado, ``stream`` is None.
 
@@ -201,37 +206,31 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
         """
         return None
 
-    @property
-    def ping_interval(self) -> Optional[float]:
-        """Seconds between keepalive pings (``websocket_ping_interval``; 0/None: off)."""
-        value: Optional[float] = self.settings.get("websocket_ping_interval", None)
-        return value
-
-    @property
-    def ping_timeout(self) -> Optional[float]:
-        """Seconds a pong may take (``websocket_ping_timeout``; default: the interval; 0: no timeout)."""
-        value: Optional[float] = self.settings.get("websocket_ping_timeout", None)
-        return value
-
-    @property
-    def max_message_size(self) -> int:
-        """Largest message accepted (``websocket_max_message_size``, default 10 MiB)."""
-        value: int = self.settings.get("websocket_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-        return value
-
-    @property
-    def max_write_buffer_size(self) -> Optional[int]:
-        """Unsent bytes allowed for a peer that does not read (``websocket_max_write_buffer_size``,
-        default 16 MiB); past it the connection is dropped. ``await write_message()`` to stay under it.
-        """
-        value: Optional[int] = self.settings.get("websocket_max_write_buffer_size", DEFAULT_MAX_WRITE_BUFFER_SIZE)
-        return value
-
-    @property
-    def close_timeout(self) -> Optional[float]:
-        """Seconds the close handshake may take before TCP is dropped (``websocket_close_timeout``, default 5)."""
-        value: Optional[float] = self.settings.get("websocket_close_timeout", None)
-        return value
+    # Tornado's overridable properties, each reading one Application setting.
+    ping_interval = _setting(
+        "websocket_ping_interval", None, "Seconds between keepalive pings (``websocket_ping_interval``; 0/None: off)."
+    )
+    ping_timeout = _setting(
+        "websocket_ping_timeout",
+        None,
+        "Seconds a pong may take (``websocket_ping_timeout``; default: the interval; 0: no timeout).",
+    )
+    max_message_size = _setting(
+        "websocket_max_message_size",
+        DEFAULT_MAX_MESSAGE_SIZE,
+        "Largest message accepted, in bytes (``websocket_max_message_size``, default 10 MiB).",
+    )
+    max_write_buffer_size = _setting(
+        "websocket_max_write_buffer_size",
+        DEFAULT_MAX_WRITE_BUFFER_SIZE,
+        "Unsent bytes allowed for a peer that does not read (``websocket_max_write_buffer_size``, default "
+        "16 MiB); past it the connection is dropped. ``await write_message()`` to stay under it.",
+    )
+    close_timeout = _setting(
+        "websocket_close_timeout",
+        None,
+        "Seconds the close handshake may take before TCP is dropped (``websocket_close_timeout``, default 5).",
+    )
 
     def _connection_options(self) -> ConnectionOptions:
         """The options of this handler's connection, from its properties (which read the settings)."""
@@ -335,12 +334,6 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
             return None
         return self._pull_inbox().get()
 
-    def on_ping(self, data: bytes) -> None:
-        """Called when a ping arrives (the pong is sent for you)."""
-
-    def on_pong(self, data: bytes) -> None:
-        """Called when a pong arrives."""
-
     def on_close(self) -> None:
         """Called exactly once when the connection is gone, on every path.
 
@@ -355,12 +348,6 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
         if callback is not None:
             return callback(message)
         return self.on_message(message)
-
-    def _on_ws_ping(self, payload: bytes) -> None:
-        self.on_ping(payload)
-
-    def _on_ws_pong(self, payload: bytes) -> None:
-        self.on_pong(payload)
 
     def _on_endpoint_closed(self) -> None:
         if not self._on_close_called:

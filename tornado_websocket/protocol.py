@@ -96,30 +96,29 @@ class Message:
         return f"Message({self.data!r})"
 
 
-class Ping:
+class _Control:
+    """A ping or pong and its payload."""
+
+    __slots__ = ("payload",)
+    __match_args__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.payload!r})"
+
+
+class Ping(_Control):
     """A ping arrived; answer it with :meth:`Protocol.encode_pong` of ``payload``."""
 
-    __slots__ = ("payload",)
-    __match_args__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __repr__(self) -> str:
-        return f"Ping({self.payload!r})"
+    __slots__ = ()
 
 
-class Pong:
+class Pong(_Control):
     """A pong arrived."""
 
-    __slots__ = ("payload",)
-    __match_args__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __repr__(self) -> str:
-        return f"Pong({self.payload!r})"
+    __slots__ = ()
 
 
 class Close:
