@@ -272,6 +272,7 @@ def _prometheus_client() -> Any:
     """The ``prometheus_client`` module, or ``None`` when it is not installed."""
     try:
         import prometheus_client
+        import prometheus_client.core
     except ImportError:
         return None
     return prometheus_client
