@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 import tornado.httpclient
 import tornado.web
+from conftest import bounded
 
 import tornado_websocket.connection
 import tornado_websocket.handler
 from tornado_websocket import metrics
 from tornado_websocket.metrics import STATS, MetricsHandler, StatsCollector, stats
-
-from conftest import bounded
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -210,7 +209,9 @@ async def test_metrics_handler_over_http_with_prometheus_client(harness: Any) ->
 
 
 @pytest.mark.asyncio
-async def test_metrics_handler_over_http_without_prometheus_client(harness: Any, without_prometheus_client: None) -> None:
+async def test_metrics_handler_over_http_without_prometheus_client(
+    harness: Any, without_prometheus_client: None
+) -> None:
     fill(STATS)
     response = await fetch_metrics(harness, tornado.web.Application([(r"/metrics", MetricsHandler)]))
     assert response.code == 200
