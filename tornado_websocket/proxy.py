@@ -274,7 +274,9 @@ async def open_stream(
         if ssl_options is None:
             return stream
         remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
-        return await asyncio.wait_for(stream.start_tls(False, ssl_options, server_hostname=host), remaining)
+        securing = stream.start_tls(False, ssl_options, server_hostname=host)
+        stream = None  # start_tls took the socket: the TLS stream closes it on failure
+        return await asyncio.wait_for(securing, remaining)
     except WebSocketHandshakeError:
         raise  # from open_tunnel, already closed
     except asyncio.TimeoutError:
