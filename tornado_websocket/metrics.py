@@ -271,8 +271,8 @@ def render_text(items: Sequence[Family]) -> str:
 def _prometheus_client() -> Any:
     """The ``prometheus_client`` module, or ``None`` when it is not installed."""
     try:
-        import prometheus_client
-        import prometheus_client.core
+        import prometheus_client  # type: ignore[import-not-found, unused-ignore]
+        import prometheus_client.core  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     return prometheus_client

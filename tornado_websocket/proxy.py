@@ -225,8 +225,8 @@ async def open_tunnel(
 async def _open_socks(host: str, port: int, proxy_url: str, timeout: Optional[float]) -> IOStream:
     """A TCP stream to ``host:port`` through a SOCKS5 proxy, with python-socks (see :func:`open_tunnel`)."""
     try:
-        from python_socks import ProxyError, ProxyTimeoutError
-        from python_socks.async_.asyncio import Proxy
+        from python_socks import ProxyError, ProxyTimeoutError  # type: ignore[import-not-found, unused-ignore]
+        from python_socks.async_.asyncio import Proxy  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise ImportError("a SOCKS proxy needs python-socks: pip install python-socks") from None
     parts = urllib.parse.urlsplit(proxy_url)
