@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import ssl
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -21,7 +22,7 @@ from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.iostream import IOStream
 
 from tornado_websocket import handshake, proxy
-from tornado_websocket.client import WebSocketClientConnection
+from tornado_websocket.client import WebSocketClientConnection, websocket_connect
 from tornado_websocket.connection import WebSocketConnection
 from tornado_websocket.errors import WebSocketConnectError, WebSocketHandshakeError, WebSocketTimeoutError
 from tornado_websocket.handler import WebSocketHandler
@@ -401,3 +402,71 @@ async def test_socks5_credentials(harness: Any, proxies: Proxies) -> None:
     )
     with pytest.raises(WebSocketConnectError, match="SOCKS proxy refused"):
         await proxy.open_tunnel("127.0.0.1", port, socks.url("bob", "wrong"), timeout=5)
+
+
+# -- once websocket_connect takes proxy= and follow_redirects= (issue 16 hooks) -------------------
+
+client_parameters = inspect.signature(websocket_connect).parameters
+client_proxies = pytest.mark.skipif(
+    "proxy" not in client_parameters, reason="websocket_connect has no proxy= yet (see docs/operations.md)"
+)
+client_redirects = pytest.mark.skipif(
+    "follow_redirects" not in client_parameters,
+    reason="websocket_connect has no follow_redirects= yet (see docs/operations.md)",
+)
+
+
+@client_proxies
+@pytest.mark.asyncio
+async def test_websocket_connect_through_tinyproxy(
+    harness: Any, proxies: Proxies, environ: pytest.MonkeyPatch, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    port = serve(harness)
+    tinyproxy = proxies.tinyproxy(basic_auth=("alice", "s3cret"))
+    url = f"ws://127.0.0.1:{port}/ws"
+    client = await bounded(websocket_connect(url, proxy=tinyproxy.url("alice", "s3cret")))  # type: ignore[call-arg]
+    await echo_round_trip(client, "hello 127.0.0.1 over http")
+    server_tls, client_tls = tls
+    tls_port = serve(harness, server_tls)
+    environ.setenv("HTTPS_PROXY", tinyproxy.url("alice", "s3cret"))
+    client = await bounded(websocket_connect(f"wss://localhost:{tls_port}/ws", ssl_options=client_tls))
+    await echo_round_trip(client, "hello 127.0.0.1 over https")
+    assert tinyproxy.connect_requests() == [
+        f"CONNECT 127.0.0.1:{port} HTTP/1.1",
+        f"CONNECT localhost:{tls_port} HTTP/1.1",
+    ]
+    with pytest.raises(WebSocketHandshakeError) as info:
+        await bounded(websocket_connect(url, proxy=tinyproxy.url()))  # type: ignore[call-arg]
+    assert info.value.code == 407
+    client = await bounded(websocket_connect(url, proxy=False))  # type: ignore[call-arg]
+    await echo_round_trip(client, "hello 127.0.0.1 over http")
+    assert len(tinyproxy.connect_requests()) == 3  # the 407 was logged; proxy=False went direct
+
+
+class Moved(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.redirect(self.get_argument("to"), status=int(self.get_argument("status", "302")))
+
+
+class Loop(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.redirect("/loop", status=307)
+
+
+@client_redirects
+@pytest.mark.asyncio
+async def test_websocket_connect_follows_redirects(harness: Any) -> None:
+    sock, port = tornado.testing.bind_unused_port()
+    app = tornado.web.Application([(r"/ws", Echo), (r"/moved", Moved), (r"/loop", Loop)])
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets([sock])
+    harness.servers.append(server)
+    base = f"ws://127.0.0.1:{port}"
+    client = await bounded(websocket_connect(f"{base}/moved?to=/ws&status=301"))
+    await echo_round_trip(client, "hello 127.0.0.1 over http")
+    with pytest.raises(WebSocketHandshakeError, match="follow_redirects is False") as info:
+        await bounded(websocket_connect(f"{base}/moved?to=/ws", follow_redirects=False))  # type: ignore[call-arg]
+    assert info.value.code == 302
+    with pytest.raises(WebSocketHandshakeError, match="too many redirects") as info:
+        await bounded(websocket_connect(f"{base}/loop"))  # redirects to itself, over and over
+    assert info.value.code == 307

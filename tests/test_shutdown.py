@@ -11,12 +11,13 @@ import pytest_asyncio
 import tornado.httpclient
 import tornado.web
 from conftest import bounded
-from test_limits import AdmittedEcho
+from test_limits import AdmittedEcho, handler_admits
 
 from tornado_websocket import shutdown
 from tornado_websocket.client import websocket_connect
 from tornado_websocket.connection import OPEN_CONNECTIONS
 from tornado_websocket.errors import WebSocketHandshakeError
+from tornado_websocket.handler import WebSocketHandler
 from tornado_websocket.health import HealthHandler
 from tornado_websocket.metrics import STATS
 from tornado_websocket.shutdown import is_draining
@@ -34,6 +35,10 @@ async def own_connections_only() -> Any:
     finally:
         OPEN_CONNECTIONS.update(foreign)
         STATS.reset()
+
+
+class PlainHandler(WebSocketHandler):
+    pass
 
 
 def app() -> tornado.web.Application:
@@ -113,3 +118,19 @@ async def test_health_handler_head(harness: Any) -> None:
     client = tornado.httpclient.AsyncHTTPClient()
     response = await bounded(client.fetch(f"http://127.0.0.1:{port}/healthz", method="HEAD"))
     assert response.code == 200
+
+
+@handler_admits
+@pytest.mark.asyncio
+async def test_a_plain_handler_refuses_upgrades_while_draining(harness: Any, own_connections_only: None) -> None:
+    public = harness.serve([(r"/ws", PlainHandler)])
+    admin = harness.serve([(r"/ws", PlainHandler)])
+    raw = await harness.raw_ws("/ws", port=public)
+    task = asyncio.ensure_future(shutdown(harness.servers[0], retry_after=3, timeout=10))
+    assert (await raw.read_close()).close_code == 1001
+    error = await upgrade_refusal(admin)
+    assert (error.code, error.headers["Retry-After"]) == (503, "3")
+    await raw.send_close(1001)
+    await raw.expect_eof()
+    await raw.close()
+    assert await bounded(task) == 1
