@@ -141,6 +141,16 @@ def test_stats_is_the_same_object_as_the_hot_path_increments() -> None:
         STATS.typo_counter = 1  # type: ignore[attr-defined]  # slotted: a misspelt increment fails loudly
 
 
+def test_refusal_kinds() -> None:
+    assert [metrics.refusal_kind(s) for s in (400, 403, 405, 426, 418)] == [
+        "bad_request",
+        "forbidden_origin",
+        "method",
+        "version",
+        "status_418",
+    ]
+
+
 def test_application_close_codes_are_bounded() -> None:
     for code in range(4000, 4000 + metrics.MAX_APPLICATION_CLOSE_CODES + 10):
         STATS.connection_closed(code)

@@ -140,6 +140,16 @@ class Stats:
 #: The process's counters.
 STATS = Stats()
 
+_REFUSAL_KINDS = {400: "bad_request", 403: "forbidden_origin", 405: "method", 426: "version"}
+
+
+def refusal_kind(status: int) -> str:
+    """The ``result`` label of an upgrade the handshake checks refused with ``status`` (``"status_<n>"`` if unnamed).
+
+    The limits and draining name their own (see :func:`tornado_websocket.limits.admit`).
+    """
+    return _REFUSAL_KINDS.get(status, f"status_{status}")
+
 
 def stats() -> dict[str, Any]:
     """A snapshot of this process's WebSocket counters.
