@@ -4,10 +4,17 @@ Retry-After, and open connections get 1001 with the configured reason; all over 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import test_nginx
 import tornado.httpclient
 import tornado.web
 from conftest import bounded
@@ -134,3 +141,107 @@ async def test_a_plain_handler_refuses_upgrades_while_draining(harness: Any, own
     await raw.expect_eof()
     await raw.close()
     assert await bounded(task) == 1
+
+
+# -- nginx in front of a draining process ------------------------------------------------------
+
+DEPLOYMENT_DOC = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
+NEXT_UPSTREAM_LINES = ("proxy_next_upstream error timeout http_503;", "proxy_next_upstream_tries 2;")
+
+NGINX_SITE = """\
+map $http_upgrade $connection_upgrade {{
+    default upgrade;
+    ''      close;
+}}
+upstream tornado_websocket {{
+    server 127.0.0.1:{draining};
+    server 127.0.0.1:{healthy};
+}}
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://tornado_websocket;
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade    $http_upgrade;
+        proxy_set_header Connection $connection_upgrade;
+        proxy_set_header Host       $http_host;
+{extra}
+    }}
+}}
+"""
+
+
+class AnswersAsDraining(tornado.web.RequestHandler):
+    """What a draining process answers to an upgrade (limits.admit's refusal), for a process that is not."""
+
+    hits = 0
+
+    def get(self) -> None:
+        AnswersAsDraining.hits += 1
+        self.set_status(503)
+        self.set_header("Retry-After", "5")
+        self.finish("the server is shutting down\n")
+
+
+@contextlib.contextmanager
+def nginx_in_front(directory: Path, draining: int, healthy: int, extra_lines: tuple[str, ...]) -> Iterator[int]:
+    nginx = test_nginx.find_nginx()
+    port = test_nginx.free_port()
+    extra = "\n".join(" " * 8 + line for line in extra_lines)
+    (directory / "tornado_websocket.conf").write_text(
+        NGINX_SITE.format(draining=draining, healthy=healthy, port=port, extra=extra)
+    )
+    main = directory / "nginx.conf"
+    main.write_text(test_nginx.MAIN_CONF.format(prefix=directory))
+    service = test_nginx.Service(
+        "nginx", [nginx, "-p", str(directory), "-c", str(main)], directory / "nginx.out", [port], signal.SIGQUIT
+    )
+    service.start()
+    try:
+        yield port
+    finally:
+        service.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("next_upstream", [True, False], ids=["proxy_next_upstream", "default"])
+async def test_nginx_sends_upgrades_refused_while_draining_to_another_process(
+    harness: Any, tmp_path: Path, next_upstream: bool
+) -> None:
+    doc = DEPLOYMENT_DOC.read_text()
+    assert all(line in doc for line in NEXT_UPSTREAM_LINES), "docs/deployment.md shows the lines this test runs"
+    AnswersAsDraining.hits = 0
+    draining = harness.serve([(r"/ws", AnswersAsDraining)])
+    healthy = harness.serve([(r"/ws", AdmittedEcho)])
+    extra = NEXT_UPSTREAM_LINES if next_upstream else ()
+    with nginx_in_front(tmp_path, draining, healthy, extra) as port:
+        service_ready = asyncio.get_running_loop().run_in_executor(None, wait_listening, port)
+        await bounded(service_ready, test_nginx.STARTUP_TIMEOUT)
+        outcomes = []
+        for _ in range(4):
+            try:
+                client = await bounded(websocket_connect(f"ws://127.0.0.1:{port}/ws", connect_timeout=5))
+            except WebSocketHandshakeError as exc:
+                outcomes.append(exc.code)
+                continue
+            assert (await bounded(client.read_message())).startswith("remote_ip=")
+            outcomes.append(101)
+            client.close()
+            await bounded(client.wait_closed())
+    assert AnswersAsDraining.hits >= 1  # nginx did try the draining process
+    if next_upstream:
+        assert outcomes == [101] * 4
+    else:
+        assert 503 in outcomes
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + test_nginx.STARTUP_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # readiness poll of an outside process, bounded
