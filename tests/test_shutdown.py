@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import signal
 import socket
 import time
@@ -245,3 +247,113 @@ def wait_listening(port: int) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # readiness poll of an outside process, bounded
+
+
+# -- HAProxy in front of a draining process -----------------------------------------------------
+
+HAPROXY_SERVERS = (
+    "server ws1 127.0.0.1:8001 check inter 2s fall 2 rise 3",
+    "server ws2 127.0.0.1:8002 check inter 2s fall 2 rise 3",
+)
+
+
+def haproxy_config(directory: Path, port: int, draining: int, healthy: int, checks: bool) -> str:
+    """The HAProxy block of docs/deployment.md with this test's ports (and quicker checks), plus what
+    a whole file needs around it: ``global`` with a stats socket, and a ``frontend``."""
+    doc = DEPLOYMENT_DOC.read_text()
+    block = doc.split("```haproxy\n", 1)[1].split("```", 1)[0]
+    for line, backend in zip(HAPROXY_SERVERS, (draining, healthy)):
+        assert block.count(line) == 1, f"docs/deployment.md's HAProxy example should contain {line!r}"
+        name = line.split()[1]
+        replacement = f"server {name} 127.0.0.1:{backend}" + (" check inter 100ms fall 1 rise 1" if checks else "")
+        block = block.replace(line, replacement)
+    head = f"global\n    stats socket {directory}/haproxy.sock level admin\n\n"
+    tail = f"\nfrontend websocket\n    bind 127.0.0.1:{port}\n    default_backend tornado_websocket\n"
+    return head + block + tail
+
+
+class DrainingHealth(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_status(503)
+        self.finish("draining\n")
+
+
+async def server_states(directory: Path) -> dict[str, str]:
+    """HAProxy's view of its servers ({name: "UP"/"DOWN"...}), through its stats socket."""
+    reader, writer = await bounded(asyncio.open_unix_connection(str(directory / "haproxy.sock")))
+    writer.write(b"show stat\n")
+    data = await bounded(reader.read())
+    writer.close()
+    states = {}
+    for row in data.decode().splitlines():
+        fields = row.split(",")
+        if len(fields) > 17 and fields[0] == "tornado_websocket" and fields[1] not in ("BACKEND",):
+            states[fields[1]] = fields[17]
+    return states
+
+
+@contextlib.contextmanager
+def haproxy_running(directory: Path, config: str, port: int) -> Iterator[None]:
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.access(haproxy, os.X_OK):
+        pytest.skip("haproxy is not installed (scripts/ci/ops.sh installs it)")
+    (directory / "haproxy.cfg").write_text(config)
+    service = test_nginx.Service(
+        "haproxy",
+        [haproxy, "-db", "-f", str(directory / "haproxy.cfg")],
+        directory / "haproxy.out",
+        [port],
+        signal.SIGUSR1,
+    )
+    service.start()
+    try:
+        yield
+    finally:
+        service.stop()
+
+
+async def connect_through(port: int, n: int) -> list[int]:
+    outcomes = []
+    for _ in range(n):
+        try:
+            client = await bounded(websocket_connect(f"ws://127.0.0.1:{port}/ws", connect_timeout=5))
+        except WebSocketHandshakeError as exc:
+            outcomes.append(exc.code)
+            continue
+        assert (await bounded(client.read_message())).startswith("remote_ip=")
+        outcomes.append(101)
+        client.close()
+        await bounded(client.wait_closed())
+    return outcomes
+
+
+@pytest.mark.asyncio
+async def test_haproxy_retries_an_upgrade_refused_while_draining(harness: Any, tmp_path: Path) -> None:
+    AnswersAsDraining.hits = 0
+    draining = harness.serve([(r"/ws", AnswersAsDraining)])
+    healthy = harness.serve([(r"/ws", AdmittedEcho)])
+    port = test_nginx.free_port()
+    with haproxy_running(tmp_path, haproxy_config(tmp_path, port, draining, healthy, checks=False), port):
+        await bounded(asyncio.get_running_loop().run_in_executor(None, wait_listening, port), 30)
+        outcomes = await connect_through(port, 4)
+    assert outcomes == [101] * 4
+    assert AnswersAsDraining.hits >= 1  # HAProxy tried the draining process, then another
+
+
+@pytest.mark.asyncio
+async def test_haproxy_health_check_takes_a_draining_process_out(harness: Any, tmp_path: Path) -> None:
+    AnswersAsDraining.hits = 0
+    draining = harness.serve([(r"/ws", AnswersAsDraining), (r"/healthz", DrainingHealth)])
+    healthy = harness.serve([(r"/ws", AdmittedEcho), (r"/healthz", HealthHandler)])
+    port = test_nginx.free_port()
+    with haproxy_running(tmp_path, haproxy_config(tmp_path, port, draining, healthy, checks=True), port):
+        await bounded(asyncio.get_running_loop().run_in_executor(None, wait_listening, port), 30)
+
+        async def until_marked_down() -> None:
+            while (await server_states(tmp_path)) != {"ws1": "DOWN", "ws2": "UP"}:
+                await asyncio.sleep(0.05)  # polls HAProxy's state, bounded below
+
+        await bounded(until_marked_down(), 10)
+        outcomes = await connect_through(port, 4)
+    assert outcomes == [101] * 4
+    assert AnswersAsDraining.hits == 0  # once down, it is not even tried
