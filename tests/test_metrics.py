@@ -12,6 +12,7 @@ import tornado.httpclient
 import tornado.web
 from conftest import bounded
 
+import tornado_websocket
 import tornado_websocket.connection
 import tornado_websocket.handler
 from tornado_websocket import metrics
@@ -307,23 +308,48 @@ wired = pytest.mark.skipif(
 
 
 class Echo(tornado_websocket.handler.WebSocketHandler):
+    def initialize(self, signal: Any) -> None:
+        self.signal = signal
+
     def on_message(self, message: Any) -> None:
         self.write_message(message, binary=isinstance(message, bytes))
+
+    def on_close(self) -> None:
+        self.signal.fire("close")
 
 
 @wired
 @pytest.mark.asyncio
-async def test_a_real_connection_is_counted(harness: Any) -> None:
-    harness.serve([(r"/ws", Echo)])
+async def test_a_real_connection_is_counted(harness: Any, signal: Any) -> None:
+    harness.serve([(r"/ws", Echo, {"signal": signal})])
     client = await harness.raw_ws()
     await client.send_text("hello")
     assert await client.read_text() == "hello"
     assert stats()["open_connections"] == 1
     await client.send_close(1000)
     await client.expect_close_then_eof(1000)
+    await client.close()
+    await signal.wait("close")  # the server's TCP is gone once it has our FIN
     snap = stats()
     assert snap["handshakes"]["accepted"] == 1
     assert snap["messages_received"] == 1 and snap["messages_sent"] == 1
-    assert snap["bytes_received"] >= len("hello") + 6 and snap["bytes_sent"] >= len("hello") + 2
+    # Wire bytes: a masked 5-byte text frame and a close frame in, their unmasked answers out.
+    assert snap["bytes_received"] == (2 + 4 + 5) + (2 + 4 + 2)
+    assert snap["bytes_sent"] == (2 + 5) + (2 + 2)
     assert snap["closes"] == {"1000": 1}
     assert snap["open_connections"] == 0
+
+
+@wired
+@pytest.mark.asyncio
+async def test_refusals_and_ping_times_are_counted(harness: Any) -> None:
+    harness.serve([(r"/ws", Echo, {"signal": None})])
+    raw = await harness.raw()
+    assert (await raw.request("/ws", headers={"Sec-WebSocket-Version": "8"})).status == 426
+    client = await bounded(tornado_websocket.websocket_connect(harness.url()))
+    rtt = await bounded(client.ping(b"p"))
+    assert stats()["handshakes"] == {"accepted": 1, "refused": {"version": 1}}
+    assert stats()["ping_rtt_seconds"]["count"] == 1
+    assert stats()["ping_rtt_seconds"]["sum"] == pytest.approx(rtt)
+    client.close()
+    await bounded(client.wait_closed())
