@@ -17,8 +17,8 @@ from tornado_websocket import limits
 from tornado_websocket.client import websocket_connect
 from tornado_websocket.errors import WebSocketHandshakeError
 from tornado_websocket.handler import WebSocketHandler
-from tornado_websocket.limits import ConnectionLimiter, RateLimitedLogger, Refusal, client_key
-from tornado_websocket.metrics import STATS
+from tornado_websocket.limits import ConnectionLimiter, Refusal, client_key
+from tornado_websocket.metrics import STATS, RateLimitedLogger
 
 
 class FakeClock:

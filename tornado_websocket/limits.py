@@ -26,9 +26,7 @@ import time
 import weakref
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from tornado.log import gen_log
-
-from tornado_websocket.metrics import STATS
+from tornado_websocket.metrics import LOG, STATS
 from tornado_websocket.shutdown import DEFAULT_RETRY_AFTER, is_draining, retry_after
 
 #: IPv6 clients share one per-address count and bucket per prefix of this length.
@@ -46,53 +44,6 @@ class Refusal(NamedTuple):
     kind: str
     reason: str
     headers: dict[str, str]
-
-
-class RateLimitedLogger:
-    """Log through ``logger`` at most once per ``interval`` seconds per key; say how many were skipped.
-
-    ``log(key, level, msg, *args)`` logs the first message of a key, then
-    drops the others of that key until ``interval`` has passed; the next one
-    logged ends with "(N similar messages suppressed)". ``once(key, ...)``
-    logs a key once for the life of the process (misconfigurations).
-    """
-
-    def __init__(
-        self, logger: logging.Logger = gen_log, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._once: set[str] = set()
-
-    def log(self, key: str, level: int, msg: str, *args: Any) -> bool:
-        """Log unless ``key`` was logged less than ``interval`` ago; True if it was logged."""
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return False
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, suppressed)
-        self.logger.log(level, msg, *args)
-        return True
-
-    def once(self, key: str, level: int, msg: str, *args: Any) -> bool:
-        """Log ``key`` the first time only, for the life of this object; True if it was logged."""
-        if key in self._once:
-            return False
-        self._once.add(key)
-        self.logger.log(level, msg, *args)
-        return True
-
-
-#: The process's rate-limited logger (refusals, misconfiguration warnings).
-LOG = RateLimitedLogger()
 
 
 def client_key(ip: str) -> str:

@@ -1,4 +1,4 @@
-"""Process-wide WebSocket counters, their Prometheus exposition, and the per-connection log line.
+"""Process-wide WebSocket counters, their Prometheus exposition, and the log helpers (rate-limited, per connection).
 
 The core counts into one :class:`Stats` object, :data:`STATS`, with plain
 integer increments (``STATS.messages_received += 1``): no lock, no call, no
@@ -18,9 +18,11 @@ headers included, after compression).
 from __future__ import annotations
 
 import bisect
+import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import tornado.web
 from tornado.log import gen_log
@@ -375,6 +377,56 @@ class MetricsHandler(tornado.web.RequestHandler):
         self.finish(body)
 
 
+# -- logging without flooding -------------------------------------------------------
+
+
+class RateLimitedLogger:
+    """Log through ``logger`` at most once per ``interval`` seconds per key; say how many were skipped.
+
+    ``log(key, level, msg, *args)`` logs the first message of a key, then
+    drops the others of that key until ``interval`` has passed; the next one
+    logged ends with "(N similar messages suppressed)". ``once(key, ...)``
+    logs a key once for the life of the process (misconfigurations).
+    """
+
+    def __init__(
+        self, logger: logging.Logger = gen_log, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._once: set[str] = set()
+
+    def log(self, key: str, level: int, msg: str, *args: Any) -> bool:
+        """Log unless ``key`` was logged less than ``interval`` ago; True if it was logged."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        self.logger.log(level, msg, *args)
+        return True
+
+    def once(self, key: str, level: int, msg: str, *args: Any) -> bool:
+        """Log ``key`` the first time only, for the life of this object; True if it was logged."""
+        if key in self._once:
+            return False
+        self._once.add(key)
+        self.logger.log(level, msg, *args)
+        return True
+
+
+#: The process's rate-limited logger: refusals (limits), misconfiguration warnings (once per process).
+LOG = RateLimitedLogger()
+
+
 # -- the per-connection log line --------------------------------------------------
 
 
@@ -393,7 +445,7 @@ def log_close(
     ``code`` and ``reason`` the close frame's (``None``: none came).
     Costs one level check when DEBUG is off.
     """
-    if not gen_log.isEnabledFor(10):  # logging.DEBUG
+    if not gen_log.isEnabledFor(logging.DEBUG):
         return
     if isinstance(peer, tuple):
         peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
