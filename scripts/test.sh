@@ -27,6 +27,8 @@ if [ -f tests/interop/node/package-lock.json ]; then
     (cd tests/interop/node && npm ci --silent --no-audit --no-fund)
 fi
 
+bash scripts/ci/ops.sh  # prometheus-client, python-socks, tinyproxy, microsocks, haproxy (issue 16)
+
 echo "== ruff"
 ruff check tornado_websocket tests demos bench
 echo "== mypy --strict"
