@@ -1,0 +1,165 @@
+"""jupyter_server: a Python kernel and a terminal, driven over their WebSocket channels.
+
+The server side is jupyter_server's own ``KernelWebsocketHandler`` (with
+``WebSocketMixin``'s keepalive and the ZMQ channel bridge) and
+jupyter_server_terminals' ``TermSocket`` (terminado's handler). The client
+is ``websocket_connect`` from the switched module, acting as JupyterLab does:
+it runs ``print(6 * 7)`` in a real ipykernel and ``echo`` in a real shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from switch import install_from_argv  # noqa: E402  (must run before the application is imported)
+
+websocket, args = install_from_argv()
+
+HOME = tempfile.mkdtemp(prefix="realapps-jupyter-")
+for variable in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+    os.environ[variable] = os.path.join(HOME, variable.lower())
+
+from jupyter_server.base.websocket import WebSocketMixin  # noqa: E402
+from jupyter_server.serverapp import ServerApp  # noqa: E402
+from scenario import run  # noqa: E402
+from tornado.escape import json_decode  # noqa: E402
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
+
+TOKEN = "realapps-token"
+HEADERS = {"Authorization": f"token {TOKEN}"}
+PING_INTERVAL_MS = 100  # WebSocketMixin's own keepalive (milliseconds), 30000 by default
+
+# Observe (not change) WebSocketMixin's keepalive: every send_ping's outcome and every pong.
+keepalive: dict[str, list[str]] = {"send_ping": [], "pongs": []}
+_send_ping, _on_pong = WebSocketMixin.send_ping, WebSocketMixin.on_pong
+
+
+def observed_send_ping(self: Any) -> None:
+    try:
+        _send_ping(self)
+    except Exception as exc:
+        keepalive["send_ping"].append(f"{type(exc).__name__}: {exc}")
+        raise
+    keepalive["send_ping"].append("ok")
+
+
+def observed_on_pong(self: Any, data: bytes) -> None:
+    keepalive["pongs"].append(repr(data))
+    _on_pong(self, data)
+
+
+WebSocketMixin.send_ping = observed_send_ping  # type: ignore[method-assign]
+WebSocketMixin.on_pong = observed_on_pong  # type: ignore[method-assign]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def read_json(conn: Any) -> Any:
+    message = await conn.read_message()
+    if message is None:
+        raise ConnectionError(f"the server closed the WebSocket (close code {conn.close_code})")
+    return json.loads(message)
+
+
+async def run_code(base: str, kernel_id: str) -> dict[str, Any]:
+    session = uuid.uuid4().hex
+    url = f"{base.replace('http', 'ws', 1)}/api/kernels/{kernel_id}/channels?session_id={session}"
+    conn = await websocket.websocket_connect(HTTPRequest(url, headers=HEADERS))
+    msg_id = uuid.uuid4().hex
+    request = {
+        "header": {
+            "msg_id": msg_id,
+            "username": "realapps",
+            "session": session,
+            "msg_type": "execute_request",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {"code": "print(6 * 7)", "silent": False, "store_history": False, "allow_stdin": False},
+        "channel": "shell",
+        "buffers": [],
+    }
+    await conn.write_message(json.dumps(request))
+    # Done when the shell reply and the iopub "idle" for this request both arrived (in either order).
+    stdout, reply_status, idle, seen = "", None, False, []
+    while reply_status is None or not idle:
+        msg = await read_json(conn)
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        seen.append(msg["msg_type"])
+        if msg["msg_type"] == "stream":
+            stdout += msg["content"]["text"]
+        elif msg["msg_type"] == "execute_reply":
+            reply_status = msg["content"]["status"]
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            idle = True
+    # Keep the channel open for three of WebSocketMixin's keepalive rounds.
+    while len(keepalive["send_ping"]) < 3:
+        await asyncio.sleep(PING_INTERVAL_MS / 1000)
+    subprotocol = conn.selected_subprotocol
+    conn.close()
+    return {"stdout": stdout, "reply_status": reply_status, "msg_types": seen, "subprotocol": subprotocol}
+
+
+async def run_terminal(base: str, http: AsyncHTTPClient) -> dict[str, Any]:
+    response = await http.fetch(HTTPRequest(f"{base}/api/terminals", method="POST", body="{}", headers=HEADERS))
+    name = json_decode(response.body)["name"]
+    url = f"{base.replace('http', 'ws', 1)}/terminals/websocket/{name}"
+    conn = await websocket.websocket_connect(HTTPRequest(url, headers=HEADERS))
+    first = await read_json(conn)
+    await conn.write_message(json.dumps(["stdin", "echo realapps-$((6 * 7))\r"]))
+    output = ""
+    while "realapps-42" not in output.replace("realapps-$((6 * 7))", ""):
+        kind, *rest = await read_json(conn)
+        if kind == "stdout":
+            output += rest[0]
+    conn.close()
+    await http.fetch(HTTPRequest(f"{base}/api/terminals/{name}", method="DELETE", headers=HEADERS))
+    return {"first_message": first, "echoed": "realapps-42" in output}
+
+
+async def main() -> dict[str, Any]:
+    port = free_port()
+    app = ServerApp(tornado_settings={"ws_ping_interval": PING_INTERVAL_MS})
+    app.initialize(
+        argv=[
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.allow_root=True",
+            f"--ServerApp.root_dir={HOME}",
+            f"--IdentityProvider.token={TOKEN}",
+        ]
+    )
+    app.start_app()
+    await app._post_start()
+    base = f"http://127.0.0.1:{port}"
+    http = AsyncHTTPClient()
+    try:
+        response = await http.fetch(
+            HTTPRequest(f"{base}/api/kernels", method="POST", body=json.dumps({"name": "python3"}), headers=HEADERS)
+        )
+        kernel_id = json_decode(response.body)["id"]
+        kernel = await run_code(base, kernel_id)
+        terminal = await run_terminal(base, http)
+    finally:
+        await app._cleanup()
+    return {"websocket_module": websocket.__name__, "kernel": kernel, "terminal": terminal, "keepalive": keepalive}
+
+
+run(main, args.timeout)
