@@ -27,6 +27,9 @@ if [ -f tests/interop/node/package-lock.json ]; then
     (cd tests/interop/node && npm ci --silent --no-audit --no-fund)
 fi
 
+# The PyPI applications tests/realapps runs (dask distributed, jupyter_server, bokeh).
+bash scripts/ci/realapps.sh
+
 echo "== ruff"
 ruff check tornado_websocket tests demos bench
 echo "== mypy --strict"

@@ -1,10 +1,14 @@
-"""jupyter_server: a Python kernel and a terminal, driven over their WebSocket channels.
+"""jupyter_server: a Python kernel, a terminal and a proxied WebSocket, over their channels.
 
 The server side is jupyter_server's own ``KernelWebsocketHandler`` (with
 ``WebSocketMixin``'s keepalive and the ZMQ channel bridge) and
 jupyter_server_terminals' ``TermSocket`` (terminado's handler). The client
 is ``websocket_connect`` from the switched module, acting as JupyterLab does:
 it runs ``print(6 * 7)`` in a real ipykernel and ``echo`` in a real shell.
+Then jupyter-server-proxy's ``/proxy/<port>/`` relays a WebSocket to a backend
+echo server: its handler (``WebSocketHandlerMixin``) connects onwards with its
+own ``PingableWSClientConnection``, a subclass of ``WebSocketClientConnection``
+it constructs directly.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from jupyter_server.serverapp import ServerApp  # noqa: E402
 from scenario import run  # noqa: E402
 from tornado.escape import json_decode  # noqa: E402
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
+from tornado.httpserver import HTTPServer  # noqa: E402
+from tornado.web import Application  # noqa: E402
 
 TOKEN = "realapps-token"
 HEADERS = {"Authorization": f"token {TOKEN}"}
@@ -132,9 +138,53 @@ async def run_terminal(base: str, http: AsyncHTTPClient) -> dict[str, Any]:
     return {"first_message": first, "echoed": "realapps-42" in output}
 
 
+class Backend(websocket.WebSocketHandler):  # type: ignore[misc,name-defined]
+    """The proxied application: echoes messages, records the subprotocols asked for and pings seen."""
+
+    seen: dict[str, Any] = {"subprotocols": [], "pings": []}
+
+    def select_subprotocol(self, subprotocols: list[str]) -> Any:
+        self.seen["subprotocols"].append(subprotocols)
+        return subprotocols[0] if subprotocols else None
+
+    def on_message(self, message: Any) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+    def on_ping(self, data: bytes) -> None:
+        self.seen["pings"].append(data.decode())
+        self.write_message(f"backend got ping {data.decode()}")
+
+
+async def run_proxy(base: str) -> dict[str, Any]:
+    backend = HTTPServer(Application([(r"/echo", Backend)]))
+    backend_port = free_port()
+    backend.listen(backend_port, "127.0.0.1")
+    url = f"{base.replace('http', 'ws', 1)}/proxy/{backend_port}/echo"
+    try:
+        conn = await websocket.websocket_connect(HTTPRequest(url, headers=HEADERS), subprotocols=["first", "second"])
+        await conn.write_message("through the proxy")
+        echoed = after_ping = await conn.read_message()
+        if echoed is not None:  # None: the proxy closed the connection
+            conn.ping(b"relay")  # the proxy passes it on with its client's protocol.write_ping
+            after_ping = await conn.read_message()
+        close_code = conn.close_code
+        conn.close()
+    finally:
+        backend.stop()
+    return {
+        "echoed": echoed,
+        "after_ping": after_ping,
+        "close_code": close_code,
+        "backend_subprotocols": Backend.seen["subprotocols"],
+        "backend_pings": Backend.seen["pings"],
+    }
+
+
 async def main() -> dict[str, Any]:
     port = free_port()
-    app = ServerApp(tornado_settings={"ws_ping_interval": PING_INTERVAL_MS})
+    app = ServerApp(
+        tornado_settings={"ws_ping_interval": PING_INTERVAL_MS}, jpserver_extensions={"jupyter_server_proxy": True}
+    )
     app.initialize(
         argv=[
             f"--ServerApp.port={port}",
@@ -157,9 +207,16 @@ async def main() -> dict[str, Any]:
         kernel_id = json_decode(response.body)["id"]
         kernel = await run_code(base, kernel_id)
         terminal = await run_terminal(base, http)
+        proxy = await run_proxy(base)
     finally:
         await app._cleanup()
-    return {"websocket_module": websocket.__name__, "kernel": kernel, "terminal": terminal, "keepalive": keepalive}
+    return {
+        "websocket_module": websocket.__name__,
+        "kernel": kernel,
+        "terminal": terminal,
+        "keepalive": keepalive,
+        "proxy": proxy,
+    }
 
 
 run(main, args.timeout)

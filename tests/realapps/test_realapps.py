@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,9 +50,31 @@ def in_loopback_namespace() -> list[str]:
     return ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
 
 
+_outcomes: dict[tuple[str, str], Any] = {}
+
+
 def run_scenario(name: str, mode: str, *, isolated_network: bool = False) -> Outcome:
-    """Run ``scenario_<name>.py`` in ``mode``; fail the test with its traceback if it did not finish."""
-    for package in {"dask": ["distributed"], "jupyter": ["jupyter_server", "ipykernel"], "bokeh": ["bokeh"]}[name]:
+    """Run ``scenario_<name>.py`` in ``mode`` (once per test session; tests of one application
+    share the run); fail the test with the scenario's traceback if it did not finish."""
+    key = (name, mode)
+    if key not in _outcomes:
+        try:
+            _outcomes[key] = _run_scenario(name, mode, isolated_network=isolated_network)
+        except BaseException as exc:  # skip or failure: every test of this run reports the same
+            _outcomes[key] = exc
+    outcome = _outcomes[key]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _run_scenario(name: str, mode: str, *, isolated_network: bool) -> Outcome:
+    needs = {
+        "dask": ["distributed"],
+        "jupyter": ["jupyter_server", "ipykernel", "jupyter_server_proxy"],
+        "bokeh": ["bokeh"],
+    }
+    for package in needs[name]:
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (scripts/ci/realapps.sh installs it)")
     command = [sys.executable, str(HERE / f"scenario_{name}.py"), "--websocket", mode]
@@ -68,6 +91,13 @@ def run_scenario(name: str, mode: str, *, isolated_network: bool = False) -> Out
     result = json.loads(results[0])
     assert result["websocket_module"] == MODULE[mode], "the switch did not put the module in place"
     return Outcome(result, output)
+
+
+def errors_printed(outcome: Outcome) -> list[str]:
+    """The distinct exception lines (``SomeError: ...``) the application printed or logged, first 5."""
+    lines = [line.strip() for line in outcome.output.splitlines()]
+    found = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    return list(dict.fromkeys(found))[:5]
 
 
 def uncaught(outcome: Outcome) -> list[str]:
@@ -102,11 +132,24 @@ def test_jupyter_server_kernel_and_terminal_channels(mode: str) -> None:
     assert r["terminal"]["echoed"] is True
     # WebSocketMixin.send_ping (every 100 ms here) must run cleanly, and its pings come back.
     assert len(r["keepalive"]["send_ping"]) >= 3
-    assert set(r["keepalive"]["send_ping"]) == {"ok"}, r["keepalive"]["send_ping"][:3]
+    assert set(r["keepalive"]["send_ping"]) == {"ok"}, sorted(set(r["keepalive"]["send_ping"]))
     assert len(r["keepalive"]["pongs"]) >= 2
     # jupyter_server's ping timeout is above its interval: Tornado says so once per process.
     warnings = [line for line in outcome.output.splitlines() if "cannot be longer than" in line]
     assert len(warnings) <= 1, warnings
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_jupyter_server_proxy_relays_a_websocket(mode: str) -> None:
+    """jupyter-server-proxy relays a WebSocket to a backend with its own client connection subclass."""
+    outcome = run_scenario("jupyter", mode)
+    r = outcome.result["proxy"]
+    assert r["echoed"] == "through the proxy", (
+        f"the proxy closed the WebSocket (code {r['close_code']}); errors: {errors_printed(outcome)}"
+    )
+    assert r["backend_subprotocols"] == [["first", "second"]]
+    assert r["backend_pings"] == ["relay"]
+    assert r["after_ping"] == "backend got ping relay"
     assert uncaught(outcome) == []
 
 
