@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -210,6 +211,7 @@ async def main() -> dict[str, Any]:
         proxy = await run_proxy(base)
     finally:
         await app._cleanup()
+        shutil.rmtree(HOME, ignore_errors=True)
     return {
         "websocket_module": websocket.__name__,
         "kernel": kernel,
