@@ -4,7 +4,9 @@ The server side is jupyter_server's own ``KernelWebsocketHandler`` (with
 ``WebSocketMixin``'s keepalive and the ZMQ channel bridge) and
 jupyter_server_terminals' ``TermSocket`` (terminado's handler). The client
 is ``websocket_connect`` from the switched module, acting as JupyterLab does:
-it runs ``print(6 * 7)`` in a real ipykernel and ``echo`` in a real shell.
+it runs ``print(6 * 7)`` in a real ipykernel (JSON text frames, then the
+``v1.kernel.websocket.jupyter.org`` binary framing JupyterLab negotiates) and
+``echo`` in a real shell.
 Then jupyter-server-proxy's ``/proxy/<port>/`` relays a WebSocket to a backend
 echo server: its handler (``WebSocketHandlerMixin``) connects onwards with its
 own ``PingableWSClientConnection``, a subclass of ``WebSocketClientConnection``
@@ -35,6 +37,10 @@ for variable in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"
 
 from jupyter_server.base.websocket import WebSocketMixin  # noqa: E402
 from jupyter_server.serverapp import ServerApp  # noqa: E402
+from jupyter_server.services.kernels.connection.base import (  # noqa: E402
+    deserialize_msg_from_ws_v1,
+    serialize_msg_to_ws_v1,
+)
 from scenario import run  # noqa: E402
 from tornado.escape import json_decode  # noqa: E402
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
@@ -81,10 +87,38 @@ async def read_json(conn: Any) -> Any:
     return json.loads(message)
 
 
-async def run_code(base: str, kernel_id: str) -> dict[str, Any]:
+V1 = "v1.kernel.websocket.jupyter.org"  # JupyterLab's binary framing; without it, JSON text
+
+
+def encode_kernel_message(msg: dict[str, Any], protocol: Any) -> Any:
+    if protocol == V1:
+        return serialize_msg_to_ws_v1(msg, msg["channel"], pack=lambda part: json.dumps(part).encode())
+    return json.dumps(msg)
+
+
+async def read_kernel_message(conn: Any, protocol: Any) -> dict[str, Any]:
+    if protocol != V1:
+        return dict(await read_json(conn))
+    message = await conn.read_message()
+    if message is None:
+        raise ConnectionError(f"the server closed the WebSocket (close code {conn.close_code})")
+    channel, parts = deserialize_msg_from_ws_v1(message)
+    header, parent, metadata, content = (json.loads(part) for part in parts[:4])
+    return {
+        "channel": channel,
+        "header": header,
+        "msg_type": header["msg_type"],
+        "parent_header": parent,
+        "metadata": metadata,
+        "content": content,
+    }
+
+
+async def run_code(base: str, kernel_id: str, subprotocols: Any) -> dict[str, Any]:
     session = uuid.uuid4().hex
     url = f"{base.replace('http', 'ws', 1)}/api/kernels/{kernel_id}/channels?session_id={session}"
-    conn = await websocket.websocket_connect(HTTPRequest(url, headers=HEADERS))
+    conn = await websocket.websocket_connect(HTTPRequest(url, headers=HEADERS), subprotocols=subprotocols)
+    protocol = conn.selected_subprotocol
     msg_id = uuid.uuid4().hex
     request = {
         "header": {
@@ -100,11 +134,11 @@ async def run_code(base: str, kernel_id: str) -> dict[str, Any]:
         "channel": "shell",
         "buffers": [],
     }
-    await conn.write_message(json.dumps(request))
+    await conn.write_message(encode_kernel_message(request, protocol), binary=protocol == V1)
     # Done when the shell reply and the iopub "idle" for this request both arrived (in either order).
     stdout, reply_status, idle, seen = "", None, False, []
     while reply_status is None or not idle:
-        msg = await read_json(conn)
+        msg = await read_kernel_message(conn, protocol)
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         seen.append(msg["msg_type"])
@@ -117,9 +151,8 @@ async def run_code(base: str, kernel_id: str) -> dict[str, Any]:
     # Keep the channel open for three of WebSocketMixin's keepalive rounds.
     while len(keepalive["send_ping"]) < 3:
         await asyncio.sleep(PING_INTERVAL_MS / 1000)
-    subprotocol = conn.selected_subprotocol
     conn.close()
-    return {"stdout": stdout, "reply_status": reply_status, "msg_types": seen, "subprotocol": subprotocol}
+    return {"stdout": stdout, "reply_status": reply_status, "msg_types": seen, "subprotocol": protocol}
 
 
 async def run_terminal(base: str, http: AsyncHTTPClient) -> dict[str, Any]:
@@ -206,7 +239,8 @@ async def main() -> dict[str, Any]:
             HTTPRequest(f"{base}/api/kernels", method="POST", body=json.dumps({"name": "python3"}), headers=HEADERS)
         )
         kernel_id = json_decode(response.body)["id"]
-        kernel = await run_code(base, kernel_id)
+        kernel = await run_code(base, kernel_id, None)
+        kernel_v1 = await run_code(base, kernel_id, [V1])
         terminal = await run_terminal(base, http)
         proxy = await run_proxy(base)
     finally:
@@ -215,6 +249,7 @@ async def main() -> dict[str, Any]:
     return {
         "websocket_module": websocket.__name__,
         "kernel": kernel,
+        "kernel_v1": kernel_v1,
         "terminal": terminal,
         "keepalive": keepalive,
         "proxy": proxy,

@@ -125,9 +125,11 @@ def test_jupyter_server_kernel_and_terminal_channels(mode: str) -> None:
     """jupyter_server runs code in a real ipykernel and echo in a real shell over its WebSockets."""
     outcome = run_scenario("jupyter", mode)
     r = outcome.result
-    assert r["kernel"]["reply_status"] == "ok"
-    assert r["kernel"]["stdout"] == "42\n"
-    assert {"status", "execute_input", "stream", "execute_reply"} <= set(r["kernel"]["msg_types"])
+    for kernel, subprotocol in ((r["kernel"], None), (r["kernel_v1"], "v1.kernel.websocket.jupyter.org")):
+        assert kernel["subprotocol"] == subprotocol
+        assert kernel["reply_status"] == "ok"
+        assert kernel["stdout"] == "42\n"
+        assert {"status", "execute_input", "stream", "execute_reply"} <= set(kernel["msg_types"])
     assert r["terminal"]["first_message"] == ["setup", {}]
     assert r["terminal"]["echoed"] is True
     # WebSocketMixin.send_ping (every 100 ms here) must run cleanly, and its pings come back.
