@@ -28,6 +28,8 @@ if [ -f tests/interop/node/package-lock.json ]; then
 fi
 
 bash scripts/ci/ops.sh  # prometheus-client, python-socks, tinyproxy, microsocks, haproxy (issue 16)
+# The PyPI applications tests/realapps runs (dask distributed, jupyter_server, bokeh).
+bash scripts/ci/realapps.sh
 
 echo "== ruff"
 ruff check tornado_websocket tests demos bench
