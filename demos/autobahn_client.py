@@ -61,11 +61,15 @@ async def run_case(server: str, case: int, mode: str) -> None:
 MODES = ("callback", "read-loop", "async-for")
 
 
-async def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("server", nargs="?", default="ws://127.0.0.1:9001")
     parser.add_argument("--mode", choices=MODES, default="callback", help="how messages are received")
-    args = parser.parse_args()
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the event loop")
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
     conn = await tornado_websocket.websocket_connect(f"{args.server}/getCaseCount")
     count = int(await conn.read_message() or 0)
     await conn.wait_closed()
@@ -76,4 +80,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    arguments = parse_arguments()
+    if arguments.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(arguments))
+    else:
+        asyncio.run(main(arguments))

@@ -135,11 +135,15 @@ def make_app() -> tornado.web.Application:
     return tornado.web.Application(routes)
 
 
-async def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="tornado_websocket echo demo")
     parser.add_argument("--port", type=int, default=8888)
     parser.add_argument("--address", default="localhost", help="address to listen on (default: localhost)")
-    args = parser.parse_args()
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the event loop")
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
     server = make_app().listen(args.port, args.address)
     print(
         f"Echo demo on http://{args.address}:{args.port}/ : the seed EchoWebSocket at /websocket, "
@@ -151,5 +155,16 @@ async def main() -> None:
     print(f"Stopped; closed {closed} WebSocket connection(s) with 1001", flush=True)
 
 
+def run_on(loop: str, main: Any) -> None:
+    """Run the coroutine ``main`` on ``loop``, ``asyncio`` or ``uvloop`` (which must be installed)."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    arguments = parse_arguments()
+    run_on(arguments.loop, main(arguments))

@@ -101,7 +101,7 @@ async def test_unanswered_pings_are_bounded(harness, signal):
 async def test_ping_timeout_longer_than_the_interval_is_capped(harness, signal, caplog):
     from tornado_websocket import options
 
-    options._warned.clear()  # the warning is once per process: forget earlier tests'
+    options.LOG._once.clear()  # the warning is once per process: forget earlier tests'
     options.ConnectionOptions.create.cache_clear()
     harness.serve(
         [(r"/ws", Recorder, {"signal": signal})], websocket_ping_interval=10, websocket_ping_timeout=30

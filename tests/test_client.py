@@ -635,11 +635,11 @@ async def test_404_gives_code_404(clients):
     assert info.value.body == b"not found"
 
 
-async def test_redirect_is_not_followed(clients):
+async def test_redirect_is_not_followed_when_told_not_to(clients):
     response = http_response("HTTP/1.1 302 Found", ["Location: ws://127.0.0.1:1/elsewhere", "Content-Length: 0"])
     async with RawServer(refusing_server(response)) as server:
         with pytest.raises(WebSocketHandshakeError) as info:
-            await connect(clients, server.url())
+            await connect(clients, server.url(), follow_redirects=False)
     assert info.value.code == 302
     assert info.value.headers["Location"] == "ws://127.0.0.1:1/elsewhere"
 

@@ -963,7 +963,7 @@ def test_unknown_compression_options_are_ignored_with_a_warning(caplog):
 
     opts = DeflateOptions.from_dict({"bogus": 1, "compression_level": 3})
     assert opts.compression_level == 3
-    options._warned.discard("compression:bogus")
+    options.LOG._once.discard("compression:bogus")
     with caplog.at_level("WARNING", logger="tornado.general"):
         for _ in range(3):
             options.warn_unknown_compression_options({"bogus": 1, "compression_level": 3})

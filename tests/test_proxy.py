@@ -17,16 +17,17 @@ import tornado.testing
 import tornado.web
 from conftest import bounded
 from proxy_server import Proxies, proxies_fixture  # noqa: F401  (the fixture)
-from tornado.httpclient import HTTPRequest
 from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.iostream import IOStream
 
 from tornado_websocket import handshake, proxy
-from tornado_websocket.client import WebSocketClientConnection, websocket_connect
+from tornado_websocket.client import websocket_connect
 from tornado_websocket.connection import WebSocketConnection
+from tornado_websocket.endpoint import WebSocketEndpoint
 from tornado_websocket.errors import WebSocketConnectError, WebSocketHandshakeError, WebSocketTimeoutError
 from tornado_websocket.handler import WebSocketHandler
-from tornado_websocket.protocol import Protocol
+from tornado_websocket.options import ConnectionOptions
+from tornado_websocket.protocol import Protocol, Side
 from tornado_websocket.proxy import Redirect, next_request, redirect_headers, select_proxy
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "ws_proxy", "wss_proxy", "all_proxy", "no_proxy", "request_method")
@@ -239,7 +240,18 @@ def serve(harness: Any, ssl_options: Optional[ssl.SSLContext] = None) -> int:
     return port
 
 
-async def websocket_over(stream: IOStream, url: str, host_header: str) -> WebSocketClientConnection:
+class TunnelClient(WebSocketEndpoint):
+    """The shared face over a connection made by hand (the test speaks the handshake itself)."""
+
+    def read_message(self) -> Any:
+        return self._pull_inbox().get()
+
+    async def wait_closed(self) -> None:
+        assert self._connection is not None
+        await self._connection.wait_closed()
+
+
+async def websocket_over(stream: IOStream, url: str, host_header: str) -> TunnelClient:
     """Our client's handshake pieces and connection over an already open stream (what the client will do)."""
     key = handshake.generate_key()
     headers = {"Host": host_header, **handshake.client_request_headers(key, None, None)}
@@ -250,13 +262,14 @@ async def websocket_over(stream: IOStream, url: str, host_header: str) -> WebSoc
     code = parse_response_start_line(first.strip()).code
     response_headers = HTTPHeaders.parse(rest)
     handshake.validate_response(code, response_headers, b"", key, None)
-    client = WebSocketClientConnection(HTTPRequest(url), response_headers, None, None)
-    client._attach(WebSocketConnection(stream, Protocol(True, None, None), client))
-    client._start()
+    client = TunnelClient()
+    connection = WebSocketConnection(stream, Protocol(Side.CLIENT, None), client, ConnectionOptions.create())
+    client._attach(connection)
+    connection.start()
     return client
 
 
-async def echo_round_trip(client: WebSocketClientConnection, greeting: str) -> None:
+async def echo_round_trip(client: Any, greeting: str) -> None:
     assert await bounded(client.read_message()) == greeting
     await bounded(client.write_message("through the tunnel"))
     assert await bounded(client.read_message()) == "through the tunnel"

@@ -17,6 +17,8 @@ from tornado_websocket.errors import (
 )
 from tornado_websocket.frames import CloseCode, Opcode
 from tornado_websocket.handler import WebSocketHandler
+from tornado_websocket.health import HealthHandler
+from tornado_websocket.metrics import MetricsHandler, stats
 from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from tornado_websocket.shutdown import shutdown, shutdown_on_signal
 
@@ -34,6 +36,8 @@ __all__ = [
     "WebSocketConnection",
     "WebSocketConnectError",
     "WebSocketError",
+    "HealthHandler",
+    "MetricsHandler",
     "WebSocketHandler",
     "WebSocketHandshakeError",
     "WebSocketProtocol",
@@ -44,4 +48,5 @@ __all__ = [
     "broadcast",
     "shutdown",
     "shutdown_on_signal",
+    "stats",
 ]

@@ -14,7 +14,7 @@ import enum
 import ssl
 import urllib.parse
 import warnings
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, NamedTuple, Optional, Union
 
 from tornado.httpclient import HTTPRequest, _RequestProxy
 from tornado.httputil import HTTPHeaders, parse_response_start_line
@@ -22,9 +22,9 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
 from tornado.netutil import Resolver
-from tornado.tcpclient import TCPClient
 
 from tornado_websocket import deflate, handshake
+from tornado_websocket import proxy as proxies
 from tornado_websocket.connection import WebSocketConnection
 from tornado_websocket.endpoint import WebSocketEndpoint
 from tornado_websocket.errors import (
@@ -84,6 +84,8 @@ class WebSocketClientConnection(WebSocketEndpoint):
         close_timeout: Optional[float] = None,
         max_write_buffer_size: Optional[int] = DEFAULT_MAX_WRITE_BUFFER_SIZE,
         max_queued_messages: Optional[int] = None,
+        proxy: Union[str, bool, None] = None,
+        follow_redirects: bool = True,
     ) -> None:
         """Start connecting (as Tornado's constructor does); :attr:`connect_future` gives ``self`` once open.
 
@@ -108,7 +110,7 @@ class WebSocketClientConnection(WebSocketEndpoint):
         self._on_message_callback = on_message_callback
         #: A future of this connection, done once the handshake succeeded (Tornado's name).
         self.connect_future: asyncio.Future[WebSocketClientConnection] = asyncio.ensure_future(
-            _connect(self, options, subprotocols, compression_options, timeout, tls, resolver)
+            _connect(self, options, subprotocols, compression_options, timeout, tls, resolver, proxy, follow_redirects)
         )
         self.connect_future.add_done_callback(_start_connection)
 
@@ -214,6 +216,8 @@ def websocket_connect(
     close_timeout: Optional[float] = None,
     max_write_buffer_size: Optional[int] = DEFAULT_MAX_WRITE_BUFFER_SIZE,
     max_queued_messages: Optional[int] = None,
+    proxy: Union[str, bool, None] = None,
+    follow_redirects: bool = True,
 ) -> asyncio.Future[WebSocketClientConnection]:
     """Open a client WebSocket to a ``ws://`` or ``wss://`` URL (or a ``tornado.httpclient.HTTPRequest``).
 
@@ -249,6 +253,8 @@ def websocket_connect(
         close_timeout,
         max_write_buffer_size,
         max_queued_messages,
+        proxy,
+        follow_redirects,
     ).connect_future
     if callback is not None:
         warnings.warn("the callback argument is deprecated, await the result instead", DeprecationWarning, stacklevel=2)
@@ -310,8 +316,59 @@ async def _connect(
     connect_timeout: Optional[float],
     ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]],
     resolver: Optional[Resolver],
+    proxy: Union[str, bool, None],
+    follow_redirects: bool,
 ) -> WebSocketClientConnection:
-    """The opening handshake of ``client``; raises as :func:`websocket_connect` says."""
+    """The opening handshake of ``client``, following redirects; raises as :func:`websocket_connect` says.
+
+    ``connect_timeout`` bounds all of it, redirects included.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if connect_timeout is None else loop.time() + connect_timeout
+    hops = 0
+    while True:
+        outcome = await _handshake(
+            client, subprotocols, compression_options, deadline, connect_timeout, ssl_options, resolver, proxy
+        )
+        if not isinstance(outcome, _Redirect):
+            stream, response_headers, subprotocol, compressor = outcome
+            break
+        redirect = proxies.next_request(
+            outcome.code, outcome.headers, client.request.url, hops, follow_redirects=follow_redirects
+        )
+        assert redirect is not None
+        following = copy.copy(client.request)
+        following.url = redirect.url
+        following.headers = proxies.redirect_headers(client.request.headers, redirect)
+        client.request = following
+        hops += 1
+    client.headers = response_headers
+    client._selected_subprotocol = subprotocol
+    connection = WebSocketConnection(
+        stream, Protocol(Side.CLIENT, options.max_message_size, compressor), client, options
+    )
+    client._attach(connection)
+    return client
+
+
+class _Redirect(NamedTuple):
+    """A redirect answer to the upgrade request, to follow."""
+
+    code: int
+    headers: HTTPHeaders
+
+
+async def _handshake(
+    client: WebSocketClientConnection,
+    subprotocols: Optional[list[str]],
+    compression_options: Optional[dict[str, Any]],
+    deadline: Optional[float],
+    connect_timeout: Optional[float],
+    ssl_options: Optional[Union[dict[str, Any], ssl.SSLContext]],
+    resolver: Optional[Resolver],
+    proxy: Union[str, bool, None],
+) -> Union[tuple[IOStream, HTTPHeaders, Optional[str], Optional[deflate.PerMessageDeflate]], _Redirect]:
+    """One upgrade request to ``client.request``: the stream and what the ``101`` agreed, or a redirect to follow."""
     request = client.request
     parts = urllib.parse.urlsplit(request.url)
     secure = parts.scheme in ("wss", "https")
@@ -334,7 +391,6 @@ async def _connect(
     head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in request_headers.get_all())
 
     loop = asyncio.get_running_loop()
-    deadline = None if connect_timeout is None else loop.time() + connect_timeout
     stream: Optional[IOStream] = None
 
     def remaining() -> Optional[float]:
@@ -344,9 +400,13 @@ async def _connect(
         tls: Optional[Union[dict[str, Any], ssl.SSLContext]] = None
         if secure:
             tls = ssl_options if ssl_options is not None else ssl.create_default_context()
-        stream = await asyncio.wait_for(
-            TCPClient(resolver=resolver).connect(host, port, ssl_options=tls),
-            remaining(),
+        stream = await proxies.open_stream(
+            host,
+            port,
+            ssl_options=tls,
+            proxy_url=proxies.select_proxy(request.url, proxy),
+            timeout=remaining(),
+            resolver=resolver,
         )
         stream.write((head + "\r\n").encode("latin-1"))
         raw_head = await asyncio.wait_for(
@@ -359,6 +419,9 @@ async def _connect(
             response_headers = HTTPHeaders.parse(rest)
         except Exception as exc:
             raise WebSocketHandshakeError(f"malformed handshake response: {exc}", 599) from None
+        if status.code in proxies.REDIRECT_STATUSES:
+            stream.close()
+            return _Redirect(status.code, response_headers)
         body = b""
         if status.code != 101:
             body = await _read_error_body(stream, status.code, response_headers, remaining())
@@ -386,14 +449,7 @@ async def _connect(
             stream.close()
         cause = getattr(exc, "real_error", None) or exc
         raise WebSocketConnectError(f"cannot connect to {host}:{port}: {cause}") from exc
-
-    client.headers = response_headers
-    client._selected_subprotocol = subprotocol
-    connection = WebSocketConnection(
-        stream, Protocol(Side.CLIENT, options.max_message_size, compressor), client, options
-    )
-    client._attach(connection)
-    return client
+    return stream, response_headers, subprotocol, compressor
 
 
 async def _read_error_body(stream: IOStream, code: int, headers: HTTPHeaders, timeout: Optional[float]) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 from typing import Any, Awaitable, Callable, Optional, Union
 from typing import Protocol as TypingProtocol
@@ -32,6 +33,7 @@ from tornado_websocket.errors import WebSocketClosedError
 from tornado_websocket.frames import OP_BINARY, OP_TEXT, CloseCode, encode_frame
 from tornado_websocket.handshake import accept_key
 from tornado_websocket.keepalive import Keepalive
+from tornado_websocket.metrics import STATS, log_close
 from tornado_websocket.options import ConnectionOptions
 from tornado_websocket.protocol import (
     CloseReceived,
@@ -153,6 +155,8 @@ class WebSocketConnection:
         "_batch",
         "_closing",
         "_keepalive",
+        "_started_at",
+        "_generation",
         "__weakref__",
     )
 
@@ -177,6 +181,8 @@ class WebSocketConnection:
         self._batch: Optional[WriteBatch] = None  # while the events of one read are dispatched
         self._closing: Optional[CloseHandshake] = None  # made when closing begins
         self._keepalive: Optional[Keepalive] = None  # made on the first ping
+        self._started_at = 0.0  # loop time of start(); 0 until then
+        self._generation = -1  # STATS.generation at start(): what stats() counts
         self.transport = make_transport(stream, self)
         if not isinstance(self.transport, StreamTransport):
             # The socket left the IOStream (plain TCP): nothing may use the stream again.
@@ -189,6 +195,9 @@ class WebSocketConnection:
         if self.closed:
             return  # the peer left while open() ran: on_close has run already
         OPEN_CONNECTIONS.add(self)
+        self._started_at = self._loop.time()
+        self._generation = STATS.generation
+        STATS.open_connections += 1
         self.transport.resume_reading()
         if self.options.ping_interval > 0:
             self._keepalive_part().start()
@@ -441,6 +450,18 @@ class WebSocketConnection:
         if not self.is_closing():
             self._closing_part().close(code, reason or "")
 
+    def _peer(self) -> Union[str, tuple[Any, ...], None]:
+        """The remote address, for the log (the handler's ``request.remote_ip`` when there is one)."""
+        request = getattr(self.owner, "request", None)
+        remote = getattr(request, "remote_ip", None)
+        if isinstance(remote, str):
+            return remote
+        sock = self.transport.socket
+        try:
+            return None if sock is None else tuple(sock.getpeername())
+        except OSError:
+            return None
+
     def abort(self) -> None:
         """Drop the TCP connection at once, without a close handshake."""
         self.transport.abort()
@@ -471,8 +492,21 @@ class WebSocketConnection:
     def _teardown(self) -> None:
         if self.closed:
             return
-        self.protocol.connection_lost()
+        protocol = self.protocol
+        protocol.connection_lost()
         OPEN_CONNECTIONS.discard(self)
+        if self._started_at:
+            if self._generation == STATS.generation:
+                STATS.connection_finished(protocol, self.close_code)
+            if gen_log.isEnabledFor(logging.DEBUG):
+                log_close(
+                    self._peer(),
+                    self._loop.time() - self._started_at,
+                    self.close_code,
+                    self.close_reason,
+                    protocol.bytes_received,
+                    protocol.bytes_sent,
+                )
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
         if self._closing is not None:
@@ -548,6 +582,7 @@ class WebSocketConnection:
             buffered,
             limit,
         )
+        STATS.writes_dropped += 1
         self.abort()
         return True
 

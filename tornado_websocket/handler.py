@@ -20,11 +20,12 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.log import app_log, gen_log
 
-from tornado_websocket import deflate, handshake
+from tornado_websocket import deflate, handshake, limits
 from tornado_websocket.connection import WebSocketConnection
 from tornado_websocket.endpoint import WebSocketEndpoint
 from tornado_websocket.errors import HandshakeError
 from tornado_websocket.frames import CloseCode
+from tornado_websocket.metrics import STATS, refusal_kind
 from tornado_websocket.options import (
     DEFAULT_MAX_WRITE_BUFFER_SIZE,
     ConnectionOptions,
@@ -84,6 +85,7 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
     _selected_subprotocol: Optional[str] = None
     _on_close_called = False
     _message_callback: Optional[MessageCallback] = None
+    _admission: Optional[limits.Admission] = None  # this connection's share of the limits
 
     # -- the opening handshake ---------------------------------------------
 
@@ -122,6 +124,12 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
             if accepted is not None:
                 extension_header, compressor = accepted
 
+        outcome = limits.admit(self)  # draining and the limits; no await between this and the 101
+        if isinstance(outcome, limits.Refusal):
+            self._refuse(outcome.status, outcome.reason, outcome.headers, counted=True)
+            return
+        self._admission = outcome
+        STATS.handshakes_accepted += 1
         self.set_status(101)
         for name, value in handshake.response_headers(key, selected, extension_header).items():
             self.set_header(name, value)
@@ -144,7 +152,11 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         connection.start()
 
-    def _refuse(self, status: int, reason: str, headers: Optional[dict[str, str]] = None) -> None:
+    def _refuse(
+        self, status: int, reason: str, headers: Optional[dict[str, str]] = None, counted: bool = False
+    ) -> None:
+        if not counted:  # limits.admit() counts its own refusals
+            STATS.handshake_refused(refusal_kind(status))
         gen_log.debug("Refused WebSocket upgrade with %d: %s", status, reason)
         self.set_status(status)
         for name, value in (headers or {}).items():
@@ -350,6 +362,8 @@ class WebSocketHandler(tornado.web.RequestHandler, WebSocketEndpoint):
         return self.on_message(message)
 
     def _on_endpoint_closed(self) -> None:
+        if self._admission is not None:
+            self._admission.release()
         if not self._on_close_called:
             self._on_close_called = True
             self._message_callback = None  # often a bound method of self: break the cycle

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from tornado.ioloop import IOLoop
 
 from tornado_websocket.errors import WebSocketClosedError, WebSocketError
+from tornado_websocket.metrics import STATS
 from tornado_websocket.transport import silence
 
 #: Pings that may wait for a pong at once; past it the oldest fails.
@@ -84,6 +85,7 @@ class Keepalive:
             sent, future, sent_at = pings.pop(0)
             if not future.done():
                 future.set_result(now - sent_at)
+                STATS.observe_ping_rtt(now - sent_at)
             if sent == payload:
                 break
 

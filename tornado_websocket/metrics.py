@@ -1,14 +1,15 @@
 """Process-wide WebSocket counters, their Prometheus exposition, and the log helpers (rate-limited, per connection).
 
-The core counts into one :class:`Stats` object, :data:`STATS`, with plain
-integer increments (``STATS.messages_received += 1``): no lock, no call, no
-label lookup on the hot path. Everything is counted on the event loop
-thread(s); ``+=`` on an attribute is not atomic across threads, so a process
-that runs connections on several threads may lose a few increments, never
-crash. :func:`stats` takes a snapshot as a dict; :class:`MetricsHandler`
-serves the same numbers in the Prometheus text format, through
-``prometheus_client`` when the ``metrics`` extra is installed and through a
-writer of our own otherwise.
+Nothing is counted globally on the hot path: each connection's
+:class:`~tornado_websocket.protocol.Protocol` counts its own messages and
+wire bytes (plain integer attributes it keeps anyway), a connection adds
+them to :data:`STATS` when it ends, and :func:`stats` adds the open
+connections' counts at the time it is called. Handshakes, closes, ping
+times, dropped writes and slow consumers are counted into :data:`STATS`
+where they happen. Everything is counted on the event loop thread(s).
+:class:`MetricsHandler` serves the same numbers in the Prometheus text
+format, through ``prometheus_client`` when the ``metrics`` extra is
+installed and through a writer of our own otherwise.
 
 Counted for every connection of the process, server and client alike, except
 the handshakes, which only the server side counts. Bytes are wire bytes (frame
@@ -42,13 +43,13 @@ PLAIN_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Stats:
     """The counters of one process; use the module's :data:`STATS`, never a second one.
 
-    Plain attributes, incremented by the core (see docs/operations.md for
-    who increments what, where):
+    Plain attributes (see docs/operations.md for who counts what, where):
 
     - ``open_connections``: +1 when a connection starts, -1 when its TCP connection is gone;
     - ``handshakes_accepted``: +1 per ``101`` answer;
-    - ``messages_received`` / ``messages_sent``: +1 per whole message;
-    - ``bytes_received`` / ``bytes_sent``: + bytes read from / handed to the socket;
+    - ``messages_received`` / ``messages_sent``, ``bytes_received`` /
+      ``bytes_sent``: the totals of the connections that ended (see
+      :meth:`connection_finished`; :func:`stats` adds the open ones);
     - ``writes_dropped``: +1 per connection dropped by the write-buffer limit;
     - ``slow_consumers_closed``: +1 per connection a hub closed as a slow consumer.
 
@@ -70,6 +71,7 @@ class Stats:
         "closes",
         "ping_rtt_counts",
         "ping_rtt_sum",
+        "generation",
     )
 
     def __init__(self) -> None:
@@ -88,10 +90,23 @@ class Stats:
         #: Pings per histogram bucket, not cumulative; the last one is above every bound.
         self.ping_rtt_counts = [0] * (len(PING_RTT_BUCKETS) + 1)
         self.ping_rtt_sum = 0.0
+        #: Connections started before the last :meth:`reset` are not counted (see ``WebSocketConnection.start``).
+        self.generation = 0
 
     def reset(self) -> None:
-        """Set every counter back to zero, ``open_connections`` included (for tests)."""
+        """Set every counter back to zero; connections open now are left out from then on (for tests)."""
+        generation = self.generation
         self.__init__()  # type: ignore[misc]
+        self.generation = generation + 1
+
+    def connection_finished(self, protocol: Any, close_code: Optional[int]) -> None:
+        """A connection's TCP connection is gone: add its ``protocol``'s counters and count its close code."""
+        self.open_connections -= 1
+        self.messages_received += protocol.messages_received
+        self.messages_sent += protocol.messages_sent
+        self.bytes_received += protocol.bytes_received
+        self.bytes_sent += protocol.bytes_sent
+        self.connection_closed(close_code)
 
     def handshake_refused(self, reason: str) -> None:
         """Count one refused upgrade under ``reason`` (one of a few constants the caller defines)."""
@@ -125,13 +140,16 @@ class Stats:
         for bound, count in zip(bounds, self.ping_rtt_counts):
             running += count
             cumulative[bound] = running
+        from tornado_websocket.connection import OPEN_CONNECTIONS  # here: connection.py imports this module
+
+        live = [c.protocol for c in list(OPEN_CONNECTIONS) if c._generation == self.generation]
         return {
             "open_connections": self.open_connections,
             "handshakes": {"accepted": self.handshakes_accepted, "refused": dict(self.handshakes_refused)},
-            "messages_received": self.messages_received,
-            "messages_sent": self.messages_sent,
-            "bytes_received": self.bytes_received,
-            "bytes_sent": self.bytes_sent,
+            "messages_received": self.messages_received + sum(p.messages_received for p in live),
+            "messages_sent": self.messages_sent + sum(p.messages_sent for p in live),
+            "bytes_received": self.bytes_received + sum(p.bytes_received for p in live),
+            "bytes_sent": self.bytes_sent + sum(p.bytes_sent for p in live),
             "closes": dict(self.closes),
             "ping_rtt_seconds": {"buckets": cumulative, "count": running, "sum": self.ping_rtt_sum},
             "writes_dropped": self.writes_dropped,

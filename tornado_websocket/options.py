@@ -11,30 +11,22 @@ takes nothing else. Misconfigurations are logged once per process
 from __future__ import annotations
 
 import functools
-import threading
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tornado.log import gen_log
-
 from tornado_websocket import deflate
+from tornado_websocket.metrics import LOG
 from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_MAX_WRITE_BUFFER_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_QUEUED_MESSAGES = 32
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
 
 def warn_once(key: str, message: str, *args: Any) -> None:
-    """Log ``message % args`` as a WARNING the first time ``key`` is seen in this process."""
-    with _warned_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    gen_log.warning(message, *args)
+    """Log ``message % args`` as a WARNING the first time ``key`` is seen in this process (see metrics.LOG)."""
+    LOG.once(key, logging.WARNING, message, *args)
 
 
 @dataclass(frozen=True)
