@@ -130,7 +130,13 @@ class PageOrEcho(ExactEcho):
 
 
 def make_app() -> tornado.web.Application:
-    routes: list[Any] = [(r"/", PageOrEcho), (r"/websocket", EchoWebSocket), (r"/echo", ExactEcho)]
+    routes: list[Any] = [
+        (r"/", PageOrEcho),
+        (r"/websocket", EchoWebSocket),
+        (r"/echo", ExactEcho),
+        (r"/metrics", tornado_websocket.MetricsHandler),  # Prometheus text format
+        (r"/health", tornado_websocket.HealthHandler),  # 503 while shutting down
+    ]
     routes += [(rf"/echo/{mode}", handler) for mode, handler in ECHO_MODES.items()]
     return tornado.web.Application(routes)
 
@@ -148,7 +154,7 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"Echo demo on http://{args.address}:{args.port}/ : the seed EchoWebSocket at /websocket, "
         "an exact echo (permessage-deflate, 64 MiB messages) at /echo and at / for WebSocket clients, "
-        "and at /echo/{" + ",".join(ECHO_MODES) + "} in each way of receiving",
+        "and at /echo/{" + ",".join(ECHO_MODES) + "} in each way of receiving; /metrics, /health",
         flush=True,
     )
     closed = await tornado_websocket.shutdown_on_signal(server, timeout=5.0)

@@ -209,7 +209,9 @@ class RawClient:
     async def send_close(self, code: Optional[int] = 1000, reason: bytes = b"") -> None:
         await self.send_frame(OP_CLOSE, b"" if code is None else close_payload(code, reason))
 
-    async def read_frame(self, timeout: float = TIMEOUT) -> Frame:
+    async def read_frame(self, timeout: float = TIMEOUT, rsv_allowed: int = 0) -> Frame:
+        """The next frame; fails if the server masked it or set RSV bits beyond ``rsv_allowed`` (4: RSV1)."""
+
         async def read() -> Frame:
             b0, b1 = await self.reader.readexactly(2)
             n = b1 & 0x7F
@@ -226,7 +228,7 @@ class RawClient:
 
         frame = await asyncio.wait_for(read(), timeout)
         assert not frame.masked, "the server masked a frame"
-        assert frame.rsv == 0, f"the server set RSV bits: {frame}"
+        assert frame.rsv & ~rsv_allowed == 0, f"the server set RSV bits: {frame}"
         return frame
 
     async def read_message(self) -> tuple[int, bytes]:

@@ -537,3 +537,31 @@ async def test_clean_close_by_client_ends_with_tcp_close(harness, port):
     frame = await client.read_close()
     assert frame.close_code == 1000
     await client.expect_eof()
+
+
+class CompressChoice(tornado_websocket.WebSocketHandler):
+    """Sends each message back twice: compressed as negotiated, then with ``compress=False``."""
+
+    def get_compression_options(self):
+        return {}
+
+    def on_message(self, message):
+        self.write_message(message)
+        self.write_message(message, compress=False)
+
+
+async def test_compress_false_sends_one_message_uncompressed(harness):
+    """RFC 7692 section 6: RSV1 is per message, so one message may go uncompressed on a deflate connection."""
+    import zlib
+
+    harness.serve([(r"/ws", CompressChoice)])
+    client = await harness.raw()
+    response = await client.handshake("/ws", headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+    assert response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+    text = "compress me " * 20
+    await client.send_text(text)
+    compressed, plain = await client.read_frame(rsv_allowed=4), await client.read_frame(rsv_allowed=4)
+    assert (compressed.rsv, plain.rsv) == (4, 0)
+    inflater = zlib.decompressobj(-15)
+    assert inflater.decompress(compressed.payload + b"\x00\x00\xff\xff").decode() == text
+    assert plain.payload.decode() == text

@@ -586,8 +586,13 @@ class WebSocketConnection:
         self.abort()
         return True
 
-    def write_message(self, message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> asyncio.Future[None]:
+    def write_message(
+        self, message: Union[str, bytes, dict[str, Any]], binary: bool = False, compress: bool = True
+    ) -> asyncio.Future[None]:
         """Send one message: ``str`` as text, ``bytes`` as binary if ``binary`` else text, a dict as JSON.
+
+        ``compress=False`` sends it uncompressed on a connection that
+        negotiated permessage-deflate (already compressed data, tiny messages).
 
         The future completes when the frame is handed to the socket. Raises
         :class:`WebSocketClosedError` once closing, ``TypeError`` for other
@@ -608,12 +613,12 @@ class WebSocketConnection:
         else:
             raise TypeError(f"cannot send {type(message).__name__}; send str, bytes or dict")
         if len(message) >= GATHER_MIN_BYTES:
-            header, payload = protocol.encode_message_parts(message, binary, utf8_bytes)
+            header, payload = protocol.encode_message_parts(message, binary, utf8_bytes, compress)
             if self._batch is None:
                 return self._send(header, payload)
             self._write(header)
             return self._write(payload)
-        return self._write(protocol.encode_message(message, binary, utf8_bytes))
+        return self._write(protocol.encode_message(message, binary, utf8_bytes, compress))
 
     def send_prepared(self, message: PreparedMessage) -> None:
         """Send a :class:`PreparedMessage`, with no future; a no-op once closing.

@@ -104,8 +104,12 @@ class WebSocketEndpoint:
 
     # -- sending -------------------------------------------------------------
 
-    def write_message(self, message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> asyncio.Future[None]:
+    def write_message(
+        self, message: Union[str, bytes, dict[str, Any]], binary: bool = False, compress: bool = True
+    ) -> asyncio.Future[None]:
         """Send a message: ``str`` as text, ``bytes`` as binary (or text unless ``binary``), dict as JSON.
+
+        ``compress=False`` sends this one uncompressed where permessage-deflate was negotiated.
 
         Returns a future that completes when the frame is handed to the
         socket (from another thread: a ``concurrent.futures.Future``).
@@ -115,8 +119,8 @@ class WebSocketEndpoint:
         connection = self.ws_connection
         if type(connection) is WebSocketConnection:
             if _get_ident() == connection._thread:
-                return connection.write_message(message, binary)
-            return _from_other_thread(connection, connection.write_message, message, binary)  # type: ignore[return-value]
+                return connection.write_message(message, binary, compress)
+            return _from_other_thread(connection, connection.write_message, message, binary, compress)  # type: ignore[return-value]
         if connection is None:
             raise WebSocketClosedError("the WebSocket is closed")
         # A stand-in an application or test assigned to ws_connection: what Tornado does.

@@ -586,24 +586,28 @@ class Protocol:
 
     # -- sending -----------------------------------------------------------
 
-    def encode_message(self, data: Union[str, bytes], binary: bool, utf8: Optional[bytes] = None) -> bytes:
+    def encode_message(
+        self, data: Union[str, bytes], binary: bool, utf8: Optional[bytes] = None, compress: bool = True
+    ) -> bytes:
         """Encode a data message as frame bytes (compressed when deflate is on).
 
         ``str`` data is UTF-8 encoded (or ``utf8`` used, see
         :meth:`encode_message_parts`). Raises :class:`WebSocketClosedError`
         once a close was sent.
         """
-        header, payload = self.encode_message_parts(data, binary, utf8)
+        header, payload = self.encode_message_parts(data, binary, utf8, compress)
         return header + payload
 
     def encode_message_parts(
-        self, data: Union[str, bytes], binary: bool, utf8: Optional[bytes] = None
+        self, data: Union[str, bytes], binary: bool, utf8: Optional[bytes] = None, compress: bool = True
     ) -> tuple[bytes, bytes]:
         """Like :meth:`encode_message`, as ``(header, payload)`` to send without joining them.
 
         ``utf8``, if given, is ``data`` already encoded (the caller vouches
         for it): the I/O layer passes the bytes a text message was received
-        as when the application sends that very ``str`` back.
+        as when the application sends that very ``str`` back. ``compress``
+        False sends this message uncompressed even with permessage-deflate
+        (RFC 7692 section 6: RSV1 is per message).
         """
         if self.close_sent is not None:
             raise WebSocketClosedError("the connection is closing")
@@ -615,7 +619,7 @@ class Protocol:
         self.messages_sent += 1
         self.message_bytes_sent += len(payload)
         deflate = self.deflate
-        if deflate is not None:
+        if deflate is not None and compress:
             compressed = deflate.compress(payload)
             if compressed is not None:
                 parts = encode_frame_parts(opcode, compressed, rsv1=True, masked=self._masked)
