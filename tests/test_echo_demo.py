@@ -52,11 +52,10 @@ async def test_echo_demo_serves_and_shuts_down_with_1001_on_sigterm() -> None:
         # /metrics counts what just happened; /health says the process takes traffic.
         http = AsyncHTTPClient()
         metrics = (await asyncio.wait_for(http.fetch(f"http://127.0.0.1:{port}/metrics"), TIMEOUT)).body.decode()
-        assert "tornado_websocket_open_connections 2" in metrics.splitlines()
-        received = [
-            line for line in metrics.splitlines() if line.startswith("tornado_websocket_messages_received_total")
-        ]
-        assert received and float(received[0].split()[-1]) == 2.0, received
+        values = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines() if line[:1] != "#"}
+        assert values["tornado_websocket_open_connections"] == 2
+        assert values["tornado_websocket_messages_received_total"] == 2
+        assert values["tornado_websocket_messages_sent_total"] == 2
         health = await asyncio.wait_for(http.fetch(f"http://127.0.0.1:{port}/health"), TIMEOUT)
         assert health.code == 200
 
