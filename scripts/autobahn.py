@@ -19,6 +19,7 @@ accepts it), and its close behaviour OK or INFORMATIONAL. The HTML reports stay 
 ``.autobahn/reports/{servers,clients}/index.html``.
 
     python scripts/autobahn.py [--python2 PATH] [--cases 1.*,2.*] [--only server|client]
+        [--skip-modes] [--skip-full] [--one-mode] [--loop asyncio|uvloop] [--allow-non-strict]
 """
 
 from __future__ import annotations
@@ -71,8 +72,17 @@ def install(python2: str) -> list[str]:
     if not os.path.exists(os.path.join(SITE, "autobahntestsuite")):
         os.makedirs(SITE, exist_ok=True)
         subprocess.run(
-            [python2, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--target", SITE,
-             "autobahntestsuite"],
+            [
+                python2,
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                "--target",
+                SITE,
+                "autobahntestsuite",
+            ],
             check=True,
         )
     return [python2, "-c", WSTEST.format(site=SITE)]
@@ -132,6 +142,8 @@ SERVER_MODES = ("push", "callback", "coroutine", "pull", "async-for")
 CLIENT_MODES = ("callback", "read-loop", "async-for")
 #: Cases run in every mode: framing, pings, fragmentation, UTF-8, close handling, limits.
 MODE_CASES = [f"{n}.*" for n in range(1, 11)]
+#: The event loop our side runs on (``--loop``).
+LOOP = ["asyncio"]
 
 
 def run_server_suite(wstest: list[str], cases: list[str], modes: tuple[str, ...], report: str) -> bool:
@@ -151,12 +163,15 @@ def run_server_suite(wstest: list[str], cases: list[str], modes: tuple[str, ...]
     spec_path = os.path.join(WORK, "fuzzingclient.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    echo = [sys.executable, "demos/echo.py", "--port", str(port), "--address", "127.0.0.1"]
+    echo = [sys.executable, "demos/echo.py", "--port", str(port), "--address", "127.0.0.1", "--loop", LOOP[0]]
     print(f"== Autobahn fuzzingclient against demos/echo.py (port {port}), cases {','.join(cases)}", flush=True)
     with running(echo, port, os.path.join(WORK, "echo.log")):
         subprocess.run(
             wstest + ["-m", "fuzzingclient", "-s", spec_path],
-            cwd=WORK, check=True, timeout=SUITE_TIMEOUT, stdout=subprocess.DEVNULL,
+            cwd=WORK,
+            check=True,
+            timeout=SUITE_TIMEOUT,
+            stdout=subprocess.DEVNULL,
         )
     ok = True
     for mode in modes:
@@ -185,8 +200,18 @@ def run_client_suite(wstest: list[str], cases: list[str], modes: tuple[str, ...]
     with running(server, port, os.path.join(WORK, "fuzzingserver.log")):
         for mode in modes:
             subprocess.run(
-                [sys.executable, "demos/autobahn_client.py", f"ws://127.0.0.1:{port}", "--mode", mode],
-                cwd=ROOT, check=True, timeout=SUITE_TIMEOUT,
+                [
+                    sys.executable,
+                    "demos/autobahn_client.py",
+                    f"ws://127.0.0.1:{port}",
+                    "--mode",
+                    mode,
+                    "--loop",
+                    LOOP[0],
+                ],
+                cwd=ROOT,
+                check=True,
+                timeout=SUITE_TIMEOUT,
             )
     ok = True
     for mode in modes:
@@ -205,7 +230,12 @@ def main() -> int:
     )
     parser.add_argument("--skip-full", action="store_true", help="skip the whole-suite run (push / callback)")
     parser.add_argument("--allow-non-strict", action="store_true", help="accept NON-STRICT cases")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio", help="our side's event loop")
+    parser.add_argument(
+        "--one-mode", action="store_true", help="cases 1-10 in one way of receiving each side (push, callback)"
+    )
     args = parser.parse_args()
+    LOOP[0] = args.loop
     if args.allow_non_strict:
         PASSING.add("NON-STRICT")
     wstest = install(find_python2(args.python2))
@@ -213,12 +243,14 @@ def main() -> int:
     ok = True
     if args.only != "client":
         if not args.skip_modes:
-            ok = run_server_suite(wstest, MODE_CASES, SERVER_MODES, "servers-modes") and ok
+            modes = SERVER_MODES[:1] if args.one_mode else SERVER_MODES
+            ok = run_server_suite(wstest, MODE_CASES, modes, f"servers-modes-{args.loop}") and ok
         if not args.skip_full:
             ok = run_server_suite(wstest, cases, ("push",), "servers") and ok
     if args.only != "server":
         if not args.skip_modes:
-            ok = run_client_suite(wstest, MODE_CASES, CLIENT_MODES, "clients-modes") and ok
+            modes = CLIENT_MODES[:1] if args.one_mode else CLIENT_MODES
+            ok = run_client_suite(wstest, MODE_CASES, modes, f"clients-modes-{args.loop}") and ok
         if not args.skip_full:
             ok = run_client_suite(wstest, cases, ("callback",), "clients") and ok
     print("Autobahn|Testsuite: " + ("every case passed" if ok else "FAILED (see above)"))
