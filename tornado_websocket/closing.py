@@ -17,6 +17,7 @@ from typing import Protocol as TypingProtocol
 
 from tornado.ioloop import IOLoop
 
+from tornado_websocket.frames import cut_close_reason
 from tornado_websocket.protocol import CloseReceived, Protocol, ProtocolViolation, Side
 
 
@@ -73,7 +74,7 @@ class CloseHandshake:
         """The peer broke the protocol: send a Close with the code (unless one went), then end TCP."""
         protocol = self._protocol
         if protocol.close_sent is None:
-            self._io.write_frame(protocol.encode_close(event.code, event.reason[:123]))
+            self._io.write_frame(protocol.encode_close(event.code, cut_close_reason(event.reason)))
         self._end_tcp()
 
     def cancel(self) -> None:

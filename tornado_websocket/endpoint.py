@@ -31,7 +31,7 @@ from tornado.log import gen_log
 
 from tornado_websocket.connection import WebSocketConnection
 from tornado_websocket.errors import WebSocketClosedError
-from tornado_websocket.frames import MAX_CLOSE_REASON, CloseCode, is_valid_close_code
+from tornado_websocket.frames import CloseCode, cut_close_reason, is_valid_close_code
 from tornado_websocket.inbox import Data, MessageInbox
 from tornado_websocket.options import DEFAULT_MAX_QUEUED_MESSAGES
 
@@ -72,11 +72,7 @@ def sendable_close(code: Optional[int], reason: Optional[str]) -> tuple[int, str
     if not is_valid_close_code(close_code):
         gen_log.debug("close code %r may not be sent (RFC 6455 section 7.4); sending 1011", code)
         close_code = CloseCode.INTERNAL_ERROR
-    text = reason or ""
-    encoded = text.encode("utf-8")
-    if len(encoded) > MAX_CLOSE_REASON:
-        text = encoded[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
-    return close_code, text
+    return close_code, cut_close_reason(reason or "")
 
 
 def _copy_outcome(source: asyncio.Future[Any], target: concurrent.futures.Future[Any]) -> None:

@@ -173,6 +173,14 @@ def encode_close_payload(code: Optional[int], reason: str = "") -> bytes:
     return _PACK_H(code) + data
 
 
+def cut_close_reason(reason: str) -> str:
+    """``reason`` cut to the 123 UTF-8 bytes a Close frame carries, at a character boundary."""
+    data = reason.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON:
+        return reason
+    return data[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+
+
 def parse_close_payload(payload: bytes) -> tuple[Optional[int], str]:
     """Read the code and reason of a received Close frame.
 
