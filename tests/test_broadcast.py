@@ -1,4 +1,4 @@
-"""broadcast() over real sockets to handlers, clients and WebSocketConnection objects: what each peer got, byte for byte."""
+"""broadcast() over real sockets to handlers, clients and WebSocketConnection objects, byte for byte."""
 
 from __future__ import annotations
 
