@@ -799,3 +799,37 @@ async def test_the_client_connection_is_the_same_driver(harness, script):
     await script.wait_events(1)
     assert script.events[0] == ("message", "from the client driver")
     assert await bounded(ws.read_message()) == "from the client driver"  # the server echoed it
+
+
+async def test_when_tcp_goes_during_a_dispatch_the_rest_of_the_read_is_not_dispatched(harness, script):
+    def on_message(handler: Any, message: str) -> None:
+        if message == "drop":
+            handler.ws_connection.connection_lost()  # as a transport reports the end of TCP
+
+    script.on_message = on_message
+    client = await harness.raw_ws()
+    handler = await script.handler()
+    conn = handler.ws_connection
+    await client.send(text("drop") + text("not dispatched") + build_frame(OP_PING, b"nor this"))
+    await bounded(script.closed.wait())
+    assert script.events == [("message", "drop"), ("close", None)]
+    conn.connection_lost()  # a second report changes nothing
+    assert script.events == [("message", "drop"), ("close", None)]
+    await client.expect_eof()
+
+
+async def test_flushed_inside_a_dispatch_covers_frames_without_a_future(harness, script):
+    flushes: list[asyncio.Future[None]] = []
+
+    def on_message(handler: Any, message: str) -> None:
+        conn = handler.ws_connection
+        conn.send_prepared(PreparedMessage(b"prepared first", False))  # joins the batch, no future
+        flushes.append(conn.flushed())
+
+    script.on_message = on_message
+    client = await harness.raw_ws()
+    await script.handler()
+    await client.send_text("go")
+    await expect_bytes(client, server_frame(OP_TEXT, b"prepared first"))
+    (flushed,) = flushes
+    assert await bounded(flushed) is None

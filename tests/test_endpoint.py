@@ -555,3 +555,15 @@ async def test_a_thread_call_cancelled_before_the_loop_ran_it_is_not_made(harnes
     expected = build_frame(OP_TEXT, b"sent", mask=False)
     assert await bounded(raw.reader.readexactly(len(expected)), TIMEOUT) == expected
     assert results[0].cancelled()
+
+
+async def test_the_default_owner_hooks_feed_the_pull_inbox_and_ignore_control_frames():
+    endpoint = WebSocketEndpoint()
+    assert endpoint._ws_pull_pending() is None  # nobody pulls yet
+    assert endpoint._on_ws_message("queued") is None
+    assert endpoint._ws_pull_pending() is not None  # a message waits for a consumer
+    endpoint._on_ws_ping(b"ignored")
+    endpoint._on_ws_pong(b"ignored")
+    assert await bounded(endpoint.__anext__()) == "queued"
+    endpoint._on_ws_closed()  # no connection was attached: the inbox closes all the same
+    assert [m async for m in endpoint] == []
