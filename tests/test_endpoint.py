@@ -567,3 +567,52 @@ async def test_the_default_owner_hooks_feed_the_pull_inbox_and_ignore_control_fr
     assert await bounded(endpoint.__anext__()) == "queued"
     endpoint._on_ws_closed()  # no connection was attached: the inbox closes all the same
     assert [m async for m in endpoint] == []
+
+
+class PlainStandIn:
+    """A stand-in as an application or a test for ``tornado.websocket`` writes it: no private attributes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def write_message(self, message: Any, binary: bool = False) -> str:
+        self.calls.append(("write_message", message, binary))
+        return "written"
+
+    def ping(self, data: Any) -> str:
+        self.calls.append(("ping", data))
+        return "pinged"
+
+    def close(self, code: Any, reason: Any) -> None:
+        self.calls.append(("close", code, reason))
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_stand_in_without_private_attributes_is_obeyed(harness, server, side):
+    client = await connect(harness)
+    handler = await server.handler()
+    endpoint = handler if side == "server" else client
+    real = endpoint.ws_connection
+    stand_in = PlainStandIn()
+    endpoint.ws_connection = stand_in
+    try:
+        assert endpoint.write_message("m") == "written"
+        assert endpoint.ping(b"p") == "pinged"
+        endpoint.close(4000, "why")
+        assert stand_in.calls == [("write_message", "m", False), ("ping", b"p"), ("close", 4000, "why")]
+    finally:
+        endpoint.ws_connection = real
+
+
+async def test_a_mock_in_ws_connection_is_called_on_the_loop_thread(harness, server):
+    from unittest import mock
+
+    await connect(harness)
+    handler = await server.handler()
+    real = handler.ws_connection
+    handler.ws_connection = mock.Mock()
+    try:
+        handler.write_message("m")
+        handler.ws_connection.write_message.assert_called_once_with("m", False)
+    finally:
+        handler.ws_connection = real
