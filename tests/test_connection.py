@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Any, Callable, Optional
 
 import pytest
+import tornado.httpserver
+import tornado.testing
+import tornado.web
+import trustme
 from conftest import (
     OP_BINARY,
     OP_CLOSE,
@@ -35,7 +40,7 @@ from tornado_websocket.connection import (
     WebSocketConnection,
 )
 from tornado_websocket.protocol import Protocol, Side
-from tornado_websocket.transport import DetachedStream
+from tornado_websocket.transport import DetachedStream, StreamTransport
 
 pytestmark = pytest.mark.asyncio
 
@@ -833,3 +838,102 @@ async def test_flushed_inside_a_dispatch_covers_frames_without_a_future(harness,
     await expect_bytes(client, server_frame(OP_TEXT, b"prepared first"))
     (flushed,) = flushes
     assert await bounded(flushed) is None
+
+
+# -- the same driver over TLS (the IOStream stays, behind StreamTransport) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+@pytest.fixture
+def wss(harness, script, tls) -> Callable[..., Any]:
+    server_ctx, client_ctx = tls
+    app = tornado.web.Application([(r"/ws", Handler, {"script": script})], websocket_max_write_buffer_size=None)
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(app, ssl_options=server_ctx)
+    server.add_sockets([sock])
+    harness.servers.append(server)
+
+    async def connect(**kwargs: Any) -> Any:
+        client = await bounded(websocket_connect(f"wss://127.0.0.1:{port}/ws", ssl_options=client_ctx, **kwargs))
+
+        class Closer:
+            async def close(self) -> None:
+                client.close()
+                await client.wait_closed()
+
+        harness.ws_clients.append(Closer())
+        return client
+
+    return connect
+
+
+async def test_a_server_close_over_tls_completes_and_ends_tcp(wss, script):
+    client = await wss()
+    handler = await script.handler()
+    conn = handler.ws_connection
+    assert isinstance(conn.transport, StreamTransport)
+    assert conn.stream is conn.transport.stream
+    handler.close(1001, "over tls")
+    await bounded(conn.wait_closed())
+    await bounded(client.wait_closed())
+    assert client.close_code == 1001 and client.close_reason == "over tls"
+    assert script.events[-1] == ("close", 1001)
+
+
+async def test_an_awaitable_on_message_pauses_a_tls_connection(wss, script):
+    held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_message(handler: Any, message: str) -> Any:
+        handler.write_message("echo:" + message)
+        return held if message == "hold" else None
+
+    script.on_message = on_message
+    client = await wss()
+    await script.handler()
+    for message in ("hold", "x", "y"):
+        client.write_message(message)
+    assert await bounded(client.read_message()) == "echo:hold"
+    held.set_result(None)
+    assert [await bounded(client.read_message()) for _ in range(2)] == ["echo:x", "echo:y"]
+
+
+async def test_writes_to_a_tls_peer_that_does_not_read_wait_and_fail_when_it_goes(wss, script):
+    held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client = await wss(on_message_callback=lambda message: held)  # the client stops reading
+    handler = await script.handler()
+    handler.write_message("first")  # the client takes this one and then holds
+    futures = []
+    for _ in range(60):  # 18 MB at most
+        futures.append(handler.write_message(b"t" * 300_000, binary=True))
+        if handler.write_buffer_size:
+            break
+    assert handler.write_buffer_size > 0
+    assert not futures[-1].done()
+    flushed = handler.ws_connection.flushed()
+    assert not flushed.done()
+    client.ws_connection.abort()
+    for future in (futures[-1], flushed):
+        with pytest.raises(WebSocketClosedError):
+            await bounded(future)
+    held.set_result(None)
+
+
+async def test_a_write_after_the_tls_stream_closed_fails_at_once(wss, script):
+    await wss()
+    handler = await script.handler()
+    conn = handler.ws_connection
+    conn.abort()  # the IOStream is closed; the connection hears of it on a later loop turn
+    future = conn.write_message("too late")
+    assert future.done() and isinstance(future.exception(), WebSocketClosedError)
+    await bounded(conn.wait_closed())
+    assert conn.flushed().done() and isinstance(conn.flushed().exception(), WebSocketClosedError)

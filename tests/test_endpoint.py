@@ -616,3 +616,46 @@ async def test_a_mock_in_ws_connection_is_called_on_the_loop_thread(harness, ser
         handler.ws_connection.write_message.assert_called_once_with("m", False)
     finally:
         handler.ws_connection = real
+
+
+# -- the client's Tornado names on the same face ----------------------------------------------------------
+
+
+async def test_the_clients_protocol_is_its_ws_connection(harness, server):
+    client = await connect(harness, "/ws?x=1")
+    await server.handler()
+    real = client.ws_connection
+    assert client.protocol is real
+    assert client.parsed.path == "/ws" and client.parsed.query == "x=1"
+    client.protocol = None  # Tornado's name, settable: the same attribute
+    assert client.ws_connection is None and client.is_closing()
+    client.protocol = real
+    assert client.ws_connection is real
+    client.close()
+    await bounded(client.wait_closed())
+    assert client.protocol is None
+
+
+async def test_the_clients_read_queue_is_its_pull_inbox(harness, server):
+    client = await connect(harness)
+    handler = await server.handler()
+    handler.write_message("queued")
+    assert await bounded(client.read_queue.get()) == "queued"
+    client.on_message(None)  # Tornado's way to say "closed": the queue ends
+    assert await bounded(client.read_message()) is None
+
+
+async def test_an_error_in_on_message_callback_at_the_close_is_logged(harness, server, caplog):
+    seen: list[Any] = []
+
+    def callback(message: Any) -> None:
+        seen.append(message)
+        if message is None:
+            raise RuntimeError("callback bug at close")
+
+    client = await connect(harness, on_message_callback=callback)
+    handler = await server.handler()
+    handler.close()
+    await bounded(client.wait_closed())
+    assert seen == [None]
+    assert "Uncaught exception in on_message_callback(None)" in [r.getMessage() for r in caplog.records]
