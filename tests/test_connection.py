@@ -467,17 +467,19 @@ def protocol_spy(monkeypatch: pytest.MonkeyPatch) -> ProtocolSpy:
             spy.received_utf8 += [getattr(e, "utf8", None) for e in events]
             return events
 
-        def encode_message(self, data: Any, binary: bool, utf8: Optional[bytes] = None) -> bytes:
+        def encode_message(self, data: Any, binary: bool, utf8: Optional[bytes] = None, compress: bool = True) -> bytes:
             SpyProtocol.depth += 1
             try:
-                result = super().encode_message(data, binary, utf8)
+                result = super().encode_message(data, binary, utf8, compress)
             finally:
                 SpyProtocol.depth -= 1
             spy.encoded.append(("encode_message", data, utf8, result))
             return result
 
-        def encode_message_parts(self, data: Any, binary: bool, utf8: Optional[bytes] = None) -> tuple[bytes, bytes]:
-            result = super().encode_message_parts(data, binary, utf8)
+        def encode_message_parts(
+            self, data: Any, binary: bool, utf8: Optional[bytes] = None, compress: bool = True
+        ) -> tuple[bytes, bytes]:
+            result = super().encode_message_parts(data, binary, utf8, compress)
             if not SpyProtocol.depth:
                 spy.encoded.append(("encode_message_parts", data, utf8, result))
             return result

@@ -125,9 +125,8 @@ class StandIn:
         self.calls.append(("write_message", message, binary))
         return "written"
 
-    def ping(self, data: Any) -> str:
-        self.calls.append(("ping", data))
-        return "pinged"
+    def write_ping(self, data: Any) -> None:
+        self.calls.append(("write_ping", data))
 
     def close(self, code: Any, reason: Any) -> None:
         self.calls.append(("close", code, reason))
@@ -153,13 +152,16 @@ async def test_calls_go_to_what_ws_connection_holds(harness, server, side):
     real = endpoint.ws_connection
     stand_in = StandIn()
     endpoint.ws_connection = stand_in
+    # As Tornado's handler: ask is_closing() first, ping through write_ping() (no future).
     assert endpoint.write_message("m", binary=True) == "written"
-    assert endpoint.ping(b"p") == "pinged"
+    assert endpoint.ping("p") is None
     assert endpoint.is_closing() is False
     endpoint.close(4000, "why")
     assert stand_in.calls == [
+        ("is_closing",),
         ("write_message", "m", True),
-        ("ping", b"p"),
+        ("is_closing",),
+        ("write_ping", b"p"),
         ("is_closing",),
         ("close", 4000, "why"),
     ]
@@ -231,15 +233,14 @@ async def test_an_endpoint_that_never_opened_is_closing():
     assert called == [endpoint]
 
 
-async def test_close_rejects_impossible_codes_before_changing_anything(harness, server):
+async def test_close_sends_1011_for_a_code_that_may_not_be_sent(harness, server):
+    """Tornado sends what it is given (bokeh closes with 10000 from its error path); we send 1011 instead."""
     client = await connect(harness)
-    handler = await server.handler()
-    for endpoint in (handler, client):
-        with pytest.raises(ValueError):
-            endpoint.close(1005)
-        with pytest.raises(ValueError):
-            endpoint.close(1000, "r" * 124)
-        assert endpoint.ws_connection is not None and not endpoint.is_closing()
+    await server.handler()
+    client.close(10000, "r" * 124)  # an impossible code and a reason one byte too long
+    await bounded(server.closed.wait())
+    assert server.closes == [(1011, "r" * 123)]
+    assert client.ws_connection is None and client.is_closing()
 
 
 # -- write_buffer_size ------------------------------------------------------------------------------
@@ -474,17 +475,13 @@ async def test_close_from_a_thread_on_the_client(harness, server):
     assert server.closes == [(4003, "thread")]
 
 
-async def test_close_from_a_thread_rejects_a_bad_code_in_that_thread(harness, server):
+async def test_close_from_a_thread_with_a_bad_code_sends_1011(harness, server):
     client = await connect(harness)
     await server.handler()
-
-    def close() -> str:
-        with pytest.raises(ValueError):
-            client.close(1006)
-        return "raised"
-
-    assert await in_thread(close) == "raised"
-    assert not client.is_closing()
+    future = await in_thread(lambda: client.close(1006))
+    assert future.result(BOUND) is None
+    await bounded(server.closed.wait())
+    assert server.closes[0][0] == 1011
 
 
 async def test_a_write_from_a_thread_to_a_closing_connection_fails_its_future(harness, server):
@@ -582,9 +579,12 @@ class PlainStandIn:
         self.calls.append(("write_message", message, binary))
         return "written"
 
-    def ping(self, data: Any) -> str:
-        self.calls.append(("ping", data))
-        return "pinged"
+    def is_closing(self) -> bool:  # Tornado's handler asks every stand-in this
+        self.calls.append(("is_closing",))
+        return False
+
+    def write_ping(self, data: Any) -> None:
+        self.calls.append(("write_ping", data))
 
     def close(self, code: Any, reason: Any) -> None:
         self.calls.append(("close", code, reason))
@@ -600,9 +600,15 @@ async def test_a_stand_in_without_private_attributes_is_obeyed(harness, server, 
     endpoint.ws_connection = stand_in
     try:
         assert endpoint.write_message("m") == "written"
-        assert endpoint.ping(b"p") == "pinged"
+        assert endpoint.ping(b"p") is None
         endpoint.close(4000, "why")
-        assert stand_in.calls == [("write_message", "m", False), ("ping", b"p"), ("close", 4000, "why")]
+        assert stand_in.calls == [
+            ("is_closing",),
+            ("write_message", "m", False),
+            ("is_closing",),
+            ("write_ping", b"p"),
+            ("close", 4000, "why"),
+        ]
     finally:
         endpoint.ws_connection = real
 
@@ -614,9 +620,10 @@ async def test_a_mock_in_ws_connection_is_called_on_the_loop_thread(harness, ser
     handler = await server.handler()
     real = handler.ws_connection
     handler.ws_connection = mock.Mock()
+    handler.ws_connection.is_closing.return_value = False  # a bare Mock's is_closing() is truthy
     try:
         handler.write_message("m")
-        handler.ws_connection.write_message.assert_called_once_with("m", False)
+        handler.ws_connection.write_message.assert_called_once_with("m", binary=False)  # as Tornado calls it
     finally:
         handler.ws_connection = real
 

@@ -22,7 +22,7 @@ from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE
 @pytest.fixture(autouse=True)
 def fresh_process_state(monkeypatch: pytest.MonkeyPatch):
     """Each test sees a process that has warned about nothing and cached no options."""
-    monkeypatch.setattr(options, "_warned", set())
+    monkeypatch.setattr(options.LOG, "_once", set())
     ConnectionOptions.create.cache_clear()
     yield
     ConnectionOptions.create.cache_clear()

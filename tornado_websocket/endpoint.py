@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from tornado.escape import json_encode
+from tornado.escape import json_encode, utf8
 from tornado.log import gen_log
 
 from tornado_websocket.connection import WebSocketConnection
@@ -60,6 +60,13 @@ def _from_other_thread(
 
     connection.event_loop.call_soon_threadsafe(run)
     return result
+
+
+def _check_stand_in_open(stand_in: Any) -> None:
+    """Raise WebSocketClosedError if a stand-in put in ``ws_connection`` says it is closing (as Tornado asks it)."""
+    is_closing = getattr(stand_in, "is_closing", None)
+    if is_closing is not None and is_closing():
+        raise WebSocketClosedError("the WebSocket is closed")
 
 
 def sendable_close(code: Optional[int], reason: Optional[str]) -> tuple[int, str]:
@@ -120,8 +127,7 @@ class WebSocketEndpoint:
         if connection is None:
             raise WebSocketClosedError("the WebSocket is closed")
         # A stand-in an application or test assigned to ws_connection: what Tornado does.
-        if connection.is_closing():
-            raise WebSocketClosedError("the WebSocket is closed")
+        _check_stand_in_open(connection)
         if isinstance(message, dict):
             message = json_encode(message)
         return connection.write_message(message, binary=binary)
@@ -135,11 +141,15 @@ class WebSocketEndpoint:
         :class:`~tornado_websocket.errors.WebSocketClosedError` once closing.
         """
         connection = self.ws_connection
+        if type(connection) is WebSocketConnection:
+            if _get_ident() != connection._thread:
+                return _from_other_thread(connection, connection.ping, data)  # type: ignore[return-value]
+            return connection.ping(data)
         if connection is None:
             raise WebSocketClosedError("the WebSocket is closed")
-        if type(connection) is WebSocketConnection and _get_ident() != connection._thread:
-            return _from_other_thread(connection, connection.ping, data)  # type: ignore[return-value]
-        return connection.ping(data)
+        stand_in: Any = connection  # what Tornado does with it: no future (None)
+        _check_stand_in_open(stand_in)
+        return cast("asyncio.Future[float]", stand_in.write_ping(utf8(data)))
 
     def close(
         self, code: Optional[int] = None, reason: Optional[str] = None
