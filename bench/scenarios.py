@@ -174,9 +174,26 @@ _WORDS = (
 ).split()
 _ASCII_WORDS = [w for w in _WORDS if w.isascii()]
 _NAMES = [
-    "Alice Martin", "Bob Chen", "Zoë Müller", "Chloé Dubois", "Дмитрий Иванов", "田中 花子", "Ravi Patel",
-    "Sofía García", "Liam O'Brien", "Noah Kim", "Emma Rossi", "Olivia Smith", "Lucas Silva", "Mia Johansson",
-    "Ethan Brown", "Ava Nowak", "Mateo López", "Isla Wilson", "Yusuf Demir", "Hana Sato",
+    "Alice Martin",
+    "Bob Chen",
+    "Zoë Müller",
+    "Chloé Dubois",
+    "Дмитрий Иванов",
+    "田中 花子",
+    "Ravi Patel",
+    "Sofía García",
+    "Liam O'Brien",
+    "Noah Kim",
+    "Emma Rossi",
+    "Olivia Smith",
+    "Lucas Silva",
+    "Mia Johansson",
+    "Ethan Brown",
+    "Ava Nowak",
+    "Mateo López",
+    "Isla Wilson",
+    "Yusuf Demir",
+    "Hana Sato",
 ]
 _CHANNELS = ["general", "random", "engineering", "support-é", "releases", "oncall", "design", "sales"]
 _ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -50,7 +50,7 @@ class EchoWebSocket(tornado_websocket.WebSocketHandler):
         self.receive_message(self.on_message)
 
     def on_message(self, message):
-        self.write_message(u"You said: " + message)
+        self.write_message("You said: " + message)
 
 
 class ExactEcho(tornado_websocket.WebSocketHandler):

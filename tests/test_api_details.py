@@ -103,9 +103,7 @@ async def test_ping_timeout_longer_than_the_interval_is_capped(harness, signal, 
 
     options.LOG._once.clear()  # the warning is once per process: forget earlier tests'
     options.ConnectionOptions.create.cache_clear()
-    harness.serve(
-        [(r"/ws", Recorder, {"signal": signal})], websocket_ping_interval=10, websocket_ping_timeout=30
-    )
+    harness.serve([(r"/ws", Recorder, {"signal": signal})], websocket_ping_interval=10, websocket_ping_timeout=30)
     await harness.ws()
     (handler,) = await signal.wait("open")
     assert handler._connection.ping_timeout == 10

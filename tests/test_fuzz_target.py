@@ -25,7 +25,6 @@ SPEC.loader.exec_module(fuzz_protocol)
 SEEDS = sorted((ROOT / "fuzz" / "seeds").iterdir())
 
 
-
 @pytest.mark.parametrize("seed", SEEDS, ids=[p.name for p in SEEDS])
 def test_seed_inputs_pass_the_target(seed: pathlib.Path) -> None:
     fuzz_protocol.test_one_input(seed.read_bytes())

@@ -24,7 +24,7 @@ class EchoWebSocket(tornado_websocket.WebSocketHandler):
         self.receive_message(self.on_message)
 
     def on_message(self, message):
-        self.write_message(u"You said: " + message)  # noqa: UP025
+        self.write_message("You said: " + message)  # noqa: UP025
 
 
 async def test_seed_example_echoes_each_message_once_in_order(harness):

@@ -39,6 +39,7 @@ from tornado_websocket.protocol import (
 def side_of(is_client: bool) -> Side:
     return Side.CLIENT if is_client else Side.SERVER
 
+
 KEY = b"\x37\xfa\x21\x3d"  # RFC 6455 section 5.7 masking key
 KEY2 = b"\x00\xff\x80\x01"
 TAIL = b"\x00\x00\xff\xff"

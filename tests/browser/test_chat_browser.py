@@ -83,9 +83,7 @@ def send(page: Any, text: str, *, click: bool = False) -> None:
         page.press("#text", "Enter")
 
 
-def test_two_users_chat_through_the_page_and_survive_a_restart(
-    procs: Processes, browser: Any, tmp_path: Path
-) -> None:
+def test_two_users_chat_through_the_page_and_survive_a_restart(procs: Processes, browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     JS_ERRORS.clear()
