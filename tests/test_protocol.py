@@ -1517,3 +1517,62 @@ def test_a_violation_makes_the_state_closing_and_stops_parsing():
     assert type(event) is ProtocolViolation and event.code == 1002
     assert p.state is State.CLOSING and p.close_sent is None
     assert p.feed(cf(TEXT, b"after")) == []
+
+
+# -- the counters ------------------------------------------------------------
+
+_SIZES = st.sampled_from([0, 1, 125, 126, 127, 1000, 65535, 65536, 70000])
+_SENDS = st.lists(
+    st.tuples(st.sampled_from(["text", "binary", "ping", "pong"]), _SIZES, st.booleans()), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sends=_SENDS, is_client=st.booleans(), deflated=st.booleans(), close=st.booleans())
+def test_bytes_sent_is_every_encoded_byte(sends, is_client, deflated, close):
+    """bytes_sent (kept as payloads + base headers + the rest) equals what was encoded, frame by frame."""
+    pair = deflate_protocols() if deflated else (client(), server())
+    p = pair[0] if is_client else pair[1]
+    encoded = payload_bytes = messages = 0
+    for kind, size, compress in sends:
+        if kind in ("ping", "pong"):
+            data = b"p" * min(size, 125)
+            out = p.encode_ping(data) if kind == "ping" else p.encode_pong(data)
+        else:
+            data_bytes = os.urandom(size)
+            data = data_bytes.hex()[:size] if kind == "text" else data_bytes
+            out = p.encode_message(data, kind == "binary", compress=compress)
+            messages += 1
+            payload_bytes += size
+        encoded += len(out)
+        assert p.bytes_sent == encoded
+    if close:
+        encoded += len(p.encode_close(1000, "bye"))
+    assert (p.bytes_sent, p.messages_sent, p.message_bytes_sent) == (encoded, messages, payload_bytes)
+    p.bytes_sent += 7  # the I/O layer counts a frame it encoded itself (a prepared broadcast frame)
+    assert p.bytes_sent == encoded + 7
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(_SIZES, min_size=1, max_size=8),
+    cut=st.sampled_from([1, 3, 50, 4096, 1 << 20]),
+    bad_tail=st.booleans(),
+)
+def test_received_counts_whatever_the_split(sizes, cut, bad_tail):
+    """messages_received and its byte count are right however the input is cut, a violation included."""
+    stream = b"".join(cf(frames.Opcode.BINARY, b"b" * n) for n in sizes)
+    stream += cf(frames.Opcode.PING, b"x")
+    if bad_tail:
+        stream += cf(frames.Opcode.BINARY, b"z", rsv1=True)  # RSV1 without deflate: a violation
+    p = server()
+    cut = max(cut, len(stream) // 2000)  # at most ~2,000 pieces
+    events = [e for i in range(0, len(stream), cut) for e in p.feed(stream[i : i + cut])]
+    got = [e for e in events if isinstance(e, Message)]
+    assert [len(m.data) for m in got] == sizes
+    assert (p.messages_received, p.message_bytes_received) == (len(sizes), sum(sizes))
+    assert any(isinstance(e, ProtocolViolation) for e in events) == bad_tail
+    if bad_tail:  # input after the violation is ignored, and not counted
+        assert len(stream) - len(cf(frames.Opcode.BINARY, b"z")) < p.bytes_received <= len(stream)
+    else:
+        assert p.bytes_received == len(stream)

@@ -185,7 +185,8 @@ class Protocol:
         "side",
         "state",
         "bytes_received",
-        "bytes_sent",
+        "_sent_extra",
+        "_base_header",
         "messages_received",
         "messages_sent",
         "message_bytes_received",
@@ -225,7 +226,8 @@ class Protocol:
             raise TypeError(f"side must be Side.SERVER or Side.CLIENT, not {side!r}")
         self.side = side
         self.state = State.OPEN
-        self.bytes_received = self.bytes_sent = 0
+        self.bytes_received = 0
+        self._sent_extra = 0  # see bytes_sent
         self.messages_received = self.messages_sent = 0
         self.message_bytes_received = self.message_bytes_sent = 0
         self.max_message_size = max_message_size
@@ -234,6 +236,7 @@ class Protocol:
         self.close_sent: Optional[Close] = None
         self.close_received: Optional[CloseReceived] = None
         self._masked = side is Side.CLIENT  # the client masks what it sends and expects no mask
+        self._base_header = 6 if self._masked else 2  # a frame header under 126 bytes (with the mask key)
         # False once nothing more is parsed: after the peer's Close, a violation, or the end of TCP.
         self._receiving = True
         self._buf = bytearray()
@@ -318,118 +321,124 @@ class Protocol:
         """Consume frames from ``buf``; return how many bytes were used."""
         pos = 0
         end = len(buf)
-        while pos < end:
-            if self._frame_remaining:
-                # Inside the payload of a data frame: take what is there.
-                take = min(end - pos, self._frame_remaining)
-                if self._frame_buf is not None:
-                    filled = self._frame_filled
-                    with memoryview(buf) as view:
-                        self._frame_buf[filled : filled + take] = view[pos : pos + take]
-                    pos += take
-                    self._frame_filled_in(take, events)
-                    continue
-                if self._frame_direct:
-                    # A large binary frame: keep the pieces masked, to unmask the whole
-                    # payload at once (see frame_buffer_space).
-                    self._frame_raw.append(bytes(buf[pos : pos + take]))
+        whole = whole_bytes = 0  # fast-path messages, counted once at the end
+        try:
+            while pos < end:
+                if self._frame_remaining:
+                    # Inside the payload of a data frame: take what is there.
+                    take = min(end - pos, self._frame_remaining)
+                    if self._frame_buf is not None:
+                        filled = self._frame_filled
+                        with memoryview(buf) as view:
+                            self._frame_buf[filled : filled + take] = view[pos : pos + take]
+                        pos += take
+                        self._frame_filled_in(take, events)
+                        continue
+                    if self._frame_direct:
+                        # A large binary frame: keep the pieces masked, to unmask the whole
+                        # payload at once (see frame_buffer_space).
+                        self._frame_raw.append(bytes(buf[pos : pos + take]))
+                        pos += take
+                        self._frame_remaining -= take
+                        if not self._frame_remaining:
+                            self._frame_complete(b"".join(self._frame_raw), events)
+                        continue
+                    chunk = bytes(buf[pos : pos + take])
                     pos += take
                     self._frame_remaining -= take
-                    if not self._frame_remaining:
-                        self._frame_complete(b"".join(self._frame_raw), events)
+                    mask = self._frame_mask
+                    if mask:
+                        chunk = apply_mask(mask, chunk)
+                        shift = take % 4
+                        self._frame_mask = mask[shift:] + mask[:shift]
+                    frame_done = not self._frame_remaining
+                    self._message_data(chunk, frame_done and self._frame_fin, events)
                     continue
-                chunk = bytes(buf[pos : pos + take])
-                pos += take
-                self._frame_remaining -= take
-                mask = self._frame_mask
-                if mask:
-                    chunk = apply_mask(mask, chunk)
-                    shift = take % 4
-                    self._frame_mask = mask[shift:] + mask[:shift]
-                frame_done = not self._frame_remaining
-                self._message_data(chunk, frame_done and self._frame_fin, events)
-                continue
 
-            if end - pos < 2:
-                break
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            length = b1 & 0x7F
-            if length < 126:
-                start = pos + 2
-            elif length == 126:
-                if end - pos < 4:
+                if end - pos < 2:
                     break
-                length = (buf[pos + 2] << 8) | buf[pos + 3]
-                start = pos + 4
-            else:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                if length >> 63:
-                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit frame length with the top bit set")
-                start = pos + 10
-            opcode = b0 & 0x0F
-            fin = b0 & 0x80
-            self._check_header(b0, b1, opcode, length)
-            mask = b""
-            if b1 & 0x80:
-                if end - start < 4:
-                    break
-                mask = bytes(buf[start : start + 4])
-                start += 4
-            stop = start + length
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                length = b1 & 0x7F
+                if length < 126:
+                    start = pos + 2
+                elif length == 126:
+                    if end - pos < 4:
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    start = pos + 4
+                else:
+                    if end - pos < 10:
+                        break
+                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    if length >> 63:
+                        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit frame length with the top bit set")
+                    start = pos + 10
+                opcode = b0 & 0x0F
+                fin = b0 & 0x80
+                self._check_header(b0, b1, opcode, length)
+                mask = b""
+                if b1 & 0x80:
+                    if end - start < 4:
+                        break
+                    mask = bytes(buf[start : start + 4])
+                    start += 4
+                stop = start + length
 
-            if opcode >= 0x8:
-                if stop > end:
-                    break
-                payload = bytes(buf[start:stop])
-                if mask:
-                    payload = apply_mask(mask, payload)
-                pos = stop
-                if self._control_frame(opcode, payload, events):
-                    return pos
-                continue
-
-            if stop <= end and fin and opcode != OP_CONTINUATION and not b0 & 0x40:
-                # Fast path: a whole, uncompressed, unfragmented message.
-                if not mask:
+                if opcode >= 0x8:
+                    if stop > end:
+                        break
                     payload = bytes(buf[start:stop])
-                elif length < UNMASK_VIEW_MIN:
-                    payload = apply_mask(mask, buf[start:stop])
-                else:
-                    with memoryview(buf) as view:  # unmask straight out of the input, no copy first
-                        payload = apply_mask(mask, view[start:stop])
-                pos = stop
-                self.messages_received += 1
-                self.message_bytes_received += length
-                if opcode == OP_TEXT:
-                    try:
-                        events.append(Message(payload.decode("utf-8"), payload))
-                    except UnicodeDecodeError:
-                        raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8") from None
-                else:
-                    events.append(Message(payload))
-                continue
+                    if mask:
+                        payload = apply_mask(mask, payload)
+                    pos = stop
+                    if self._control_frame(opcode, payload, events):
+                        return pos
+                    continue
 
-            # A data frame to stream: start a message if this frame opens one.
-            if opcode != OP_CONTINUATION:
-                self._msg_opcode = opcode
-                self._msg_compressed = bool(b0 & 0x40)
-                self._msg_wire_size = 0
-                self._msg_size = 0
-                self._msg_parts = []
-                self._decoder = _new_utf8_decoder() if opcode == OP_TEXT else None
-            self._msg_wire_size += length
-            pos = start
-            self._frame_remaining = length
-            self._frame_fin = bool(fin)
-            self._frame_mask = mask
-            self._frame_length = length
-            self._frame_direct = length >= DIRECT_FRAME_MIN and self._decoder is None and not self._msg_compressed
-            if length == 0:
-                self._message_data(b"", bool(fin), events)
-        return pos
+                if stop <= end and fin and opcode != OP_CONTINUATION and not b0 & 0x40:
+                    # Fast path: a whole, uncompressed, unfragmented message.
+                    if not mask:
+                        payload = bytes(buf[start:stop])
+                    elif length < UNMASK_VIEW_MIN:
+                        payload = apply_mask(mask, buf[start:stop])
+                    else:
+                        with memoryview(buf) as view:  # unmask straight out of the input, no copy first
+                            payload = apply_mask(mask, view[start:stop])
+                    pos = stop
+                    whole += 1
+                    whole_bytes += length
+                    if opcode == OP_TEXT:
+                        try:
+                            events.append(Message(payload.decode("utf-8"), payload))
+                        except UnicodeDecodeError:
+                            raise ProtocolError(CloseCode.INVALID_DATA, "text message is not valid UTF-8") from None
+                    else:
+                        events.append(Message(payload))
+                    continue
+
+                # A data frame to stream: start a message if this frame opens one.
+                if opcode != OP_CONTINUATION:
+                    self._msg_opcode = opcode
+                    self._msg_compressed = bool(b0 & 0x40)
+                    self._msg_wire_size = 0
+                    self._msg_size = 0
+                    self._msg_parts = []
+                    self._decoder = _new_utf8_decoder() if opcode == OP_TEXT else None
+                self._msg_wire_size += length
+                pos = start
+                self._frame_remaining = length
+                self._frame_fin = bool(fin)
+                self._frame_mask = mask
+                self._frame_length = length
+                self._frame_direct = length >= DIRECT_FRAME_MIN and self._decoder is None and not self._msg_compressed
+                if length == 0:
+                    self._message_data(b"", bool(fin), events)
+            return pos
+        finally:
+            if whole:
+                self.messages_received += whole
+                self.message_bytes_received += whole_bytes
 
     def frame_buffer_space(self) -> Optional[memoryview]:
         """Where the rest of a large binary frame's payload goes, for receiving straight into it.
@@ -616,18 +625,34 @@ class Protocol:
         else:
             payload = data
         opcode = OP_BINARY if binary else OP_TEXT
+        size = len(payload)
         self.messages_sent += 1
-        self.message_bytes_sent += len(payload)
+        self.message_bytes_sent += size
         deflate = self.deflate
         if deflate is not None and compress:
             compressed = deflate.compress(payload)
             if compressed is not None:
                 parts = encode_frame_parts(opcode, compressed, rsv1=True, masked=self._masked)
-                self.bytes_sent += len(parts[0]) + len(compressed)
+                self._sent_extra += len(parts[0]) + len(compressed) - size - self._base_header
                 return parts
         parts = encode_frame_parts(opcode, payload, masked=self._masked)
-        self.bytes_sent += len(parts[0]) + len(payload)
+        if size >= 126:  # a longer header than bytes_sent counts per message
+            self._sent_extra += len(parts[0]) - self._base_header
         return parts
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes encoded for the wire so far (every frame, control frames included).
+
+        Kept as the messages' payload bytes plus a base header per message
+        plus :attr:`_sent_extra` (longer headers, compression, control
+        frames), so that a small message costs no third counter.
+        """
+        return self._sent_extra + self.message_bytes_sent + self.messages_sent * self._base_header
+
+    @bytes_sent.setter
+    def bytes_sent(self, value: int) -> None:
+        self._sent_extra += value - self.bytes_sent
 
     def encode_ping(self, payload: bytes = b"") -> bytes:
         """Encode a Ping; raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` after close."""
@@ -643,7 +668,7 @@ class Protocol:
         if len(payload) > MAX_CONTROL_PAYLOAD:
             raise ValueError(f"control frame payload is {len(payload)} bytes, more than 125")
         frame = encode_frame(opcode, payload, masked=self._masked)
-        self.bytes_sent += len(frame)
+        self._sent_extra += len(frame)
         return frame
 
     def encode_close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
@@ -659,5 +684,5 @@ class Protocol:
         self.close_sent = Close(code, reason)
         self.state = State.CLOSING
         frame = encode_frame(OP_CLOSE, payload, masked=self._masked)
-        self.bytes_sent += len(frame)
+        self._sent_extra += len(frame)
         return frame
