@@ -615,7 +615,9 @@ async def test_ping_flood_pongs_every_ping_in_order_within_the_write_limit(harne
             assert handler.pings == PINGS
             # Most pongs wait in the IOStream (the kernel buffers are small), well under the 16 MiB limit.
             assert pong_bytes // 2 < held <= pong_bytes, held
-            assert memory.growth < pong_bytes + 2 * MiB, f"peak grew {memory.growth / MiB:.2f} MiB"
+            # Beyond the pongs' bytes: the flood's read buffers, and for each write made while the
+            # socket was full a queued view and its future (~600 B; ~1,500 writes here): 3.9-4.4 MiB seen.
+            assert memory.growth < pong_bytes + 3 * MiB, f"peak grew {memory.growth / MiB:.2f} MiB"
             # Now read: every pong, right payload, in order; then the connection still echoes.
             frames, ended = await client.recv_frames(PINGS, timeout=20)
             assert not ended and len(frames) == PINGS and not client.buf
