@@ -1576,3 +1576,26 @@ def test_received_counts_whatever_the_split(sizes, cut, bad_tail):
         assert len(stream) - len(cf(frames.Opcode.BINARY, b"z")) < p.bytes_received <= len(stream)
     else:
         assert p.bytes_received == len(stream)
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_incompressible_message_at_the_limit_is_accepted(fragmented):
+    """Deflate makes random bytes a little longer on the wire: a message of exactly the limit still fits."""
+    limit = 4096
+    _, s = deflate_protocols(max_message_size=limit)
+    data = random.Random(7).randbytes(limit)
+    compressed = raw_deflate(data)
+    assert len(compressed) > limit  # on the wire it is over the limit
+
+    def frames_of(payload: bytes) -> bytes:
+        if not fragmented:
+            return cf(frames.Opcode.BINARY, payload, rsv1=True)
+        half = len(payload) // 2
+        return cf(frames.Opcode.BINARY, payload[:half], rsv1=True, fin=False) + cf(
+            frames.Opcode.CONTINUATION, payload[half:]
+        )
+
+    events = s.feed(frames_of(compressed))
+    assert [type(e) for e in events] == [Message] and events[0].data == data
+    events = s.feed(frames_of(raw_deflate(data + b"x")))
+    assert [(type(e), getattr(e, "code", None)) for e in events] == [(ProtocolViolation, 1009)]
