@@ -1,0 +1,292 @@
+"""Channels: history (plain unit tests) and the ChannelsHandler protocol over real sockets (in-process hub).
+
+The protocol tests run a Tornado server on 127.0.0.1 with ``ChannelsHandler``
+and talk JSON to it through ``websockets`` clients; every read is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Optional
+
+import pytest
+from conftest import TIMEOUT, bounded
+
+from tornado_websocket.channels import ChannelsHandler, publish_json
+from tornado_websocket.channels_history import ChannelHistory, HistorySettings, effective_since, resolve
+from tornado_websocket.hub import Hub
+
+# -- history -------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_offsets_increase_from_one_and_since_recovers_the_rest():
+    history = ChannelHistory(HistorySettings(max_count=10, max_age=None))
+    assert [history.append(f"m{i}") for i in range(5)] == [1, 2, 3, 4, 5]
+    recovery = history.recover(2, history.epoch)
+    assert (recovery.epoch, recovery.offset, recovery.recovered) == (history.epoch, 5, True)
+    assert recovery.entries == [(3, "m2"), (4, "m3"), (5, "m4")]
+    assert history.recover(5, history.epoch).entries == [] and history.recover(5).recovered
+    everything = history.recover(0)
+    assert [o for o, _ in everything.entries] == [1, 2, 3, 4, 5] and everything.recovered
+
+
+def test_no_since_means_no_history_and_nothing_to_recover():
+    history = ChannelHistory(HistorySettings())
+    history.append("a")
+    recovery = history.recover(None)
+    assert (recovery.offset, recovery.entries, recovery.recovered) == (1, [], True)
+
+
+def test_count_bound_trims_the_oldest_and_a_since_before_them_is_not_recovered():
+    history = ChannelHistory(HistorySettings(max_count=3, max_age=None))
+    for i in range(6):
+        history.append(str(i))
+    assert len(history) == 3
+    assert history.recover(3).recovered and [o for o, _ in history.recover(3).entries] == [4, 5, 6]
+    partial = history.recover(1)
+    assert not partial.recovered
+    assert [o for o, _ in partial.entries] == [4, 5, 6]  # what is left is still sent, in order
+
+
+def test_age_bound_drops_old_messages():
+    clock = Clock()
+    history = ChannelHistory(HistorySettings(max_count=100, max_age=10.0), clock=clock)
+    history.append("old")
+    clock.now += 6
+    history.append("young")
+    clock.now += 6  # "old" is 12 s old now
+    recovery = history.recover(0)
+    assert recovery.entries == [(2, "young")] and not recovery.recovered
+    assert history.recover(1).recovered
+
+
+def test_another_epoch_is_not_recovered_and_gets_the_new_history():
+    history = ChannelHistory(HistorySettings())
+    history.append("x")
+    history.append("y")
+    recovery = history.recover(7, "someone-elses-epoch")
+    assert not recovery.recovered and recovery.entries == [(1, "x"), (2, "y")]
+    assert recovery.epoch == history.epoch != "someone-elses-epoch"
+    assert ChannelHistory(HistorySettings()).epoch != history.epoch
+
+
+def test_a_since_beyond_the_latest_is_not_recovered():
+    history = ChannelHistory(HistorySettings())
+    history.append("x")
+    recovery = history.recover(5, history.epoch)
+    assert not recovery.recovered and recovery.entries == []
+
+
+def test_zero_count_keeps_nothing():
+    history = ChannelHistory(HistorySettings(max_count=0))
+    history.append("x")
+    history.append("y")
+    assert history.recover(2).recovered and not history.recover(1).recovered
+
+
+def test_resolve_and_effective_since_agree_with_the_memory_history():
+    assert effective_since(None, None, "e") is None
+    assert effective_since(4, "e", "e") == 4 and effective_since(4, None, "e") == 4
+    assert effective_since(4, "other", "e") == 0
+    assert resolve(3, "e", "e", 5, [(4, "a"), (5, "b")]).recovered
+    assert not resolve(2, "e", "e", 5, [(4, "a"), (5, "b")]).recovered
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError):
+        HistorySettings(max_count=-1)
+    with pytest.raises(ValueError):
+        HistorySettings(max_age=0)
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+class Peer:
+    """A ``websockets`` client speaking the channels protocol."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send(self, **request: Any) -> None:
+        await bounded(self.ws.send(json.dumps(request)))
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        return json.loads(await bounded(self.ws.recv(), timeout))  # type: ignore[no-any-return]
+
+    async def expect(self, op: str, **fields: Any) -> dict[str, Any]:
+        frame = await self.recv()
+        assert frame["op"] == op, frame
+        for key, value in fields.items():
+            assert frame[key] == value, (key, frame)
+        return frame
+
+    async def subscribe(self, channel: str, **fields: Any) -> dict[str, Any]:
+        await self.send(op="subscribe", channel=channel, **fields)
+        return await self.expect("subscribed", channel=channel)
+
+
+async def peer(harness: Any, path: str = "/channels", port: Optional[int] = None) -> Peer:
+    return Peer(await harness.ws(path, port=port))
+
+
+def serve(harness: Any, hub: Hub, handler: type = ChannelsHandler, **kwargs: Any) -> int:
+    return harness.serve([(r"/channels", handler, {"hub": hub, **kwargs})])
+
+
+@pytest.mark.asyncio
+async def test_publish_reaches_subscribers_with_offsets_and_epoch(harness):
+    hub = Hub()
+    serve(harness, hub)
+    alice, bob = await peer(harness), await peer(harness)
+    sub = await alice.subscribe("room")
+    assert sub == {"op": "subscribed", "channel": "room", "offset": 0, "epoch": sub["epoch"], "recovered": True}
+    await bob.subscribe("room")
+    values: list[Any] = [{"text": "héllo"}, [1, 2], "s", 3.5, None, True]
+    for i, value in enumerate(values):
+        await bob.send(op="publish", channel="room", data=value, id=i)
+        ack = await bob.expect("message", offset=i + 1)  # bob is subscribed too: his copy comes first
+        assert ack["data"] == value
+        await bob.expect("published", channel="room", offset=i + 1, id=i)
+    for i, value in enumerate(values):
+        await alice.expect("message", channel="room", offset=i + 1, epoch=sub["epoch"], data=value)
+    assert await bounded(publish_json(hub, "room", {"from": "server"})) == len(values) + 1
+    await alice.expect("message", offset=len(values) + 1, data={"from": "server"})
+
+
+@pytest.mark.asyncio
+async def test_subscribe_since_sends_history_then_live_without_gap_or_duplicate(harness):
+    hub = Hub()
+    serve(harness, hub)
+    writer = await peer(harness)
+    first = await writer.subscribe("room")
+    for i in range(10):
+        await publish_json(hub, "room", i)
+    for i in range(10):
+        await writer.expect("message", data=i)
+
+    late = await peer(harness)
+    # Publish while the late subscriber's history is being read: each arrives once, in order.
+    await late.send(op="subscribe", channel="room", since=4, epoch=first["epoch"])
+    racing = [asyncio.ensure_future(publish_json(hub, "room", 10 + i)) for i in range(5)]
+    head = await late.expect("subscribed", channel="room", recovered=True, epoch=first["epoch"])
+    assert head["offset"] >= 10
+    await bounded(asyncio.gather(*racing))
+    got = [(await late.expect("message"))["offset"] for _ in range(11)]
+    assert got == list(range(5, 16))
+    await publish_json(hub, "room", "end")
+    await late.expect("message", offset=16, data="end")
+
+
+@pytest.mark.asyncio
+async def test_a_lost_epoch_is_reported_as_not_recovered(harness):
+    hub = Hub()
+    serve(harness, hub)
+    client = await peer(harness)
+    await publish_json(hub, "room", "a")
+    head = await client.subscribe("room", since=3, epoch="an-epoch-from-before-a-restart")
+    assert head["recovered"] is False and head["epoch"] != "an-epoch-from-before-a-restart"
+    await client.expect("message", offset=1, data="a")  # the new history, from its start
+
+
+@pytest.mark.asyncio
+async def test_unsubscribe_and_errors(harness):
+    hub = Hub()
+    serve(harness, hub, max_channels=2)
+    client = await peer(harness)
+    await client.send(op="unsubscribe", channel="room")
+    await client.expect("error", code="not_subscribed", channel="room")
+    await client.subscribe("room")
+    await client.send(op="subscribe", channel="room")
+    await client.expect("error", code="already_subscribed")
+    await client.subscribe("other")
+    await client.send(op="subscribe", channel="third")
+    await client.expect("error", code="too_many_channels", channel="third")
+    for bad in ("not json", json.dumps([1]), json.dumps({"op": "dance"}), json.dumps({"op": "subscribe"})):
+        await bounded(client.ws.send(bad))
+        await client.expect("error", code="bad_request")
+    await client.send(op="subscribe", channel="x", since=-1)
+    await client.expect("error", code="bad_request")
+    await client.send(op="publish", channel="room")
+    await client.expect("error", code="bad_request")
+    await bounded(client.ws.send(b"\x00"))
+    await client.expect("error", code="bad_request")
+    await client.send(op="unsubscribe", channel="room")
+    await client.expect("unsubscribed", channel="room")
+    await publish_json(hub, "room", "not for you")
+    await publish_json(hub, "other", "for you")
+    await client.expect("message", channel="other", data="for you")
+    assert hub.subscribers("room") == 0
+
+
+class Guarded(ChannelsHandler):
+    def can_subscribe(self, channel: str) -> bool:
+        return not channel.startswith("secret")
+
+    async def can_publish(self, channel: str, data: Any) -> bool:
+        await asyncio.sleep(0)
+        return channel != "readonly"
+
+
+@pytest.mark.asyncio
+async def test_hooks_refuse_subscribe_and_publish(harness):
+    hub = Hub()
+    serve(harness, hub, Guarded)
+    client = await peer(harness)
+    await client.send(op="subscribe", channel="secret-room")
+    await client.expect("error", code="forbidden", channel="secret-room")
+    await client.subscribe("readonly")
+    await client.send(op="publish", channel="readonly", data=1, id="p1")
+    await client.expect("error", code="forbidden", id="p1")
+    await publish_json(hub, "readonly", "ok")
+    await client.expect("message", offset=1, data="ok")  # the refused publish got no offset
+    assert hub.subscribers("secret-room") == 0
+
+
+@pytest.mark.asyncio
+async def test_publish_rate_is_limited_per_connection(harness):
+    hub = Hub()
+    serve(harness, hub, publish_rate=0.001, publish_burst=3)
+    client = await peer(harness)
+    for i in range(5):
+        await client.send(op="publish", channel="room", data=i, id=i)
+    for i in range(3):
+        await client.expect("published", id=i)
+    for i in range(3, 5):
+        await client.expect("error", code="rate_limited", id=i)
+
+
+@pytest.mark.asyncio
+async def test_presence_lists_members_and_sends_join_and_leave(harness):
+    hub = Hub()
+    serve(harness, hub)
+    alice, bob, watcher = await peer(harness), await peer(harness), await peer(harness)
+    await alice.subscribe("room", presence=True, info={"nick": "alice"})
+    listing = await alice.expect("presence", channel="room")
+    assert listing["members"] == []
+    joined = await alice.expect("join", channel="room")
+    assert joined["member"]["info"] == {"nick": "alice"}
+    await watcher.subscribe("room")  # no presence asked: not listed, no events
+    await bob.subscribe("room", presence=True, info={"nick": "bob"})
+    listing = await bob.expect("presence")
+    assert [m["info"] for m in listing["members"]] == [{"nick": "alice"}]
+    assert (await bob.expect("join"))["member"]["info"] == {"nick": "bob"}
+    assert (await alice.expect("join"))["member"]["info"] == {"nick": "bob"}
+    await watcher.send(op="presence", channel="room")
+    listing = await watcher.expect("presence")
+    assert sorted(m["info"]["nick"] for m in listing["members"]) == ["alice", "bob"]
+    await bounded(bob.ws.close())
+    left = await alice.expect("leave", channel="room")
+    assert left["member"] == joined["member"] | {"id": left["member"]["id"], "info": {"nick": "bob"}}
+    assert list(await hub.members("room")) == [joined["member"]["id"]]
+    await publish_json(hub, "room", "end")
+    await watcher.expect("message", data="end")  # the watcher got no presence events before it
