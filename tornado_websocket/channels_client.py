@@ -211,6 +211,10 @@ class ChannelsClient:
 
         return await asyncio.wait_for(send(), timeout)
 
+    def request_presence(self, channel: str) -> None:
+        """Ask for ``channel``'s member list; it comes as a :class:`PresenceEvent` of kind ``"presence"``."""
+        self._send({"op": "presence", "channel": channel})
+
     async def next_event(self, timeout: Optional[float] = None) -> Event:
         """The next message or event (raises ``asyncio.TimeoutError`` after ``timeout``)."""
         return await asyncio.wait_for(self._events.get(), timeout)
