@@ -1,5 +1,6 @@
 """Channels under real faults: a server process killed with SIGKILL, Redis restarted (AOF on), Redis flushed,
-and a lossy then silent network link (a network namespace with nftables rules).
+and a lossy, slow, then silent network link (a network namespace with nftables rules, and a relay
+adding 100 ms each way).
 
 Two ``channels_server.py`` processes share one ``redis-server``;
 ``ChannelsClient`` subscribers are spread over both, and two publishers
@@ -448,7 +449,67 @@ def namespace():
         ns.remove()
 
 
+class DelayRelay:
+    """A TCP relay on 127.0.0.1 that holds every chunk ``delay`` seconds each way (order kept): a slow link."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self.server: Optional[asyncio.base_events.Server] = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.target), 10)
+        except (OSError, asyncio.TimeoutError):
+            writer.close()
+            return
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pipe(source, sink))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))  # the link's latency, not a synchronisation
+                if not data:
+                    sink.close()
+                    return
+                sink.write(data)
+                await sink.drain()
+
+        sender = asyncio.ensure_future(deliver())
+        try:
+            while True:
+                data = await source.read(65536)
+                queue.put_nowait((loop.time() + self.delay, data))
+                if not data:
+                    break
+            await sender
+        except (OSError, asyncio.CancelledError):
+            sender.cancel()
+            sink.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2)
+
+
 LOSSY_PORT, CLEAN_PORT = 8701, 8702
+LATENCY = 0.1
 PING_INTERVAL, PING_TIMEOUT = 0.5, 1.0
 
 
@@ -459,8 +520,11 @@ async def test_lossy_then_silent_link_keeps_every_message_once_in_order(namespac
         netns=namespace.name, host=namespace.inner_ip,
     )  # fmt: skip
     namespace.rules(LOSSY_PORT, "numgen random mod 100 < 5 drop")
+    # ...and through a relay adding 100 ms each way: lossy and slow.
+    relay = DelayRelay((namespace.inner_ip, LOSSY_PORT), LATENCY)
+    relay_url = f"ws://127.0.0.1:{await relay.start()}/channels"
     keepalive = {"ping_interval": PING_INTERVAL, "ping_timeout": PING_TIMEOUT}
-    subscribers = [Subscriber([server.url(0)], **keepalive) for _ in range(5)]
+    subscribers = [Subscriber([relay_url], **keepalive) for _ in range(5)]
     publisher = Publisher("p", [server.url(1)], 600, 0.005)
     try:
         detected: list[float] = []
@@ -486,12 +550,14 @@ async def test_lossy_then_silent_link_keeps_every_message_once_in_order(namespac
             [publisher],
             silent_link_noticed_max_s=round(max(detected), 2),
             ping_interval_plus_timeout_s=PING_INTERVAL + PING_TIMEOUT,
+            latency_each_way_s=LATENCY,
         )
         assert counts["lost"] == 0 and counts["duplicated"] == 0 and counts["out_of_order"] == 0
         assert counts["unacked_publishes"] == 0  # the publisher's link was clean
         assert all(not s.failures for s in subscribers)
         assert all(s.client.connections >= 2 for s in subscribers)
-        # Noticed within ping interval + timeout, plus one interval of slack for the ping timer's phase.
-        assert max(detected) <= PING_INTERVAL * 2 + PING_TIMEOUT + 0.5, detected
+        # Noticed within ping interval + timeout (plus the link's round trip and some scheduling slack).
+        assert max(detected) <= PING_INTERVAL + PING_TIMEOUT + 2 * LATENCY + 0.5, detected
     finally:
         await close_all(*subscribers, publisher)
+        await relay.close()
