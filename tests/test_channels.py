@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 import pytest
 import tornado.web
-from conftest import TIMEOUT, bounded
+from conftest import TIMEOUT, RawClient, bounded
 
 import tornado_websocket
+import tornado_websocket.metrics
 from tornado_websocket.channels import ChannelsHandler, default_hub, publish_json
 from tornado_websocket.channels_client import (
     ChannelMessage,
@@ -479,3 +480,48 @@ async def test_default_hub_and_bytes_published_by_server_code(harness):
     assert hub is default_hub()
     await hub.publish("room", "héllo".encode())
     assert (await client.expect("message"))["data"] == "héllo"  # bytes become a JSON string
+
+
+@pytest.mark.asyncio
+async def test_a_slow_consumer_is_closed_with_1013_and_comes_back_with_since(harness):
+    hub = Hub(MemoryBackend(HistorySettings(max_count=10_000)), max_pending_bytes=64 * 1024)
+    port = harness.serve(
+        [(r"/channels", ChannelsHandler, {"hub": hub})], websocket_max_write_buffer_size=256 * 1024 * 1024
+    )
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await bounded(loop.sock_connect(sock, ("127.0.0.1", port)))
+    reader, writer = await bounded(asyncio.open_connection(sock=sock, limit=1024))
+    slow = RawClient(reader, writer, port)
+    harness.raw_clients.append(slow)
+    await slow.handshake("/channels")
+    await slow.send_text(json.dumps({"op": "subscribe", "channel": "room"}))
+    head = json.loads(await slow.read_text())
+    assert head["op"] == "subscribed"
+    closed_before = tornado_websocket.metrics.STATS.slow_consumers_closed
+    big = "x" * (128 * 1024)
+    for i in range(400):  # 50 MiB at most: far more than the socket buffers hold
+        await publish_json(hub, "room", {"i": i, "pad": big})
+        if hub.subscribers("room") == 0 or tornado_websocket.metrics.STATS.slow_consumers_closed > closed_before:
+            break
+    else:
+        pytest.fail("the hub never closed the subscriber that does not read")
+    assert tornado_websocket.metrics.STATS.slow_consumers_closed == closed_before + 1
+    # It reads now: a prefix of the messages in order, then Close 1013.
+    offsets = []
+    while True:
+        frame = await slow.read_frame(timeout=TIMEOUT)
+        if frame.opcode == 0x8:
+            break
+        offsets.append(json.loads(frame.payload)["offset"])
+    assert frame.close_code == 1013
+    assert offsets == list(range(1, len(offsets) + 1))
+    # Back with the last offset it saw: the rest, recovered.
+    back = await peer(harness, port=port)
+    resumed = await back.subscribe("room", since=offsets[-1], epoch=head["epoch"])
+    assert resumed["recovered"] is True
+    latest = resumed["offset"]
+    for offset in range(offsets[-1] + 1, latest + 1):
+        await back.expect("message", offset=offset)
