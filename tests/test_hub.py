@@ -29,7 +29,9 @@ from conftest import OP_BINARY, OP_CLOSE, OP_TEXT, TIMEOUT, RawClient, bounded
 from redis_server import RedisServer, find_redis_server
 
 import tornado_websocket
+import tornado_websocket.channels_redis
 import tornado_websocket.hub
+import tornado_websocket.metrics
 from tornado_websocket import WebSocketClosedError, websocket_connect
 from tornado_websocket.hub import Hub, HubUnavailableError, InProcessBackend, RedisBackend
 
@@ -420,6 +422,7 @@ async def test_slow_consumer_is_closed_with_1013_while_others_get_everything(har
     assert slow_connection.max_write_buffer_size == write_buffer_limit
     assert hub.subscribers("room") == 2
 
+    closed_before = tornado_websocket.metrics.STATS.slow_consumers_closed
     published: list[str] = []
     max_messages = 400  # 400 x 128 KiB = 50 MiB: far more than the socket buffers can hold
     for i in range(max_messages):
@@ -432,6 +435,7 @@ async def test_slow_consumer_is_closed_with_1013_while_others_get_everything(har
     else:
         pytest.fail(f"the hub never closed the client that does not read ({max_messages} messages of 128 KiB)")
     closed_after = len(published)
+    assert tornado_websocket.metrics.STATS.slow_consumers_closed == closed_before + 1
     assert not slow_connection.closed, "TCP was dropped (write buffer limit?) instead of a close handshake"
     assert any("slow consumer" in r.getMessage() for r in caplog.records if r.name == HUB_LOGGER)
 
@@ -573,7 +577,7 @@ async def test_redis_restart_publish_fails_then_recovers(harness, signal, redis_
     hub_a, hub_b = redis_hub(), redis_hub()
     port_a = harness.serve(routes(hub_a, signal))
     port_b = harness.serve(routes(hub_b, signal))
-    alice, _ = await join(harness, signal, "room", port=port_a)
+    alice, alice_handler = await join(harness, signal, "room", port=port_a)
     bob, _ = await join(harness, signal, "room", port=port_b)
     await bounded(bob.send("before"))
     await expect_next(alice, "before")
@@ -589,19 +593,18 @@ async def test_redis_restart_publish_fails_then_recovers(harness, signal, redis_
         "both backends to notice that Redis is gone",
         RECOVERY_TIMEOUT,
     )
-    # A client joining during the outage: its subscription completes only once Redis is back.
-    late = await harness.ws("/ws/room", port=port_a)
-    late_ready = asyncio.ensure_future(late.recv())
-    try:
-        await asyncio.to_thread(redis_server.start)
-        await wait_until(
-            lambda: hub_a.backend.is_subscribed("room") and hub_b.backend.is_subscribed("room"),
-            "both backends to subscribe again",
-            RECOVERY_TIMEOUT,
-        )
-        assert await bounded(late_ready, RECOVERY_TIMEOUT) == "ready"
-    finally:
-        late_ready.cancel()
+    # Subscribing during the outage needs history: it fails clearly instead of hanging.
+    with pytest.raises(HubUnavailableError):
+        await bounded(hub_a.subscribe("elsewhere", alice_handler, since=0), RECOVERY_TIMEOUT)
+    assert hub_a.subscribers("elsewhere") == 0
+
+    await asyncio.to_thread(redis_server.start)
+    await wait_until(
+        lambda: hub_a.backend.is_subscribed("room") and hub_b.backend.is_subscribed("room"),
+        "both backends to subscribe again",
+        RECOVERY_TIMEOUT,
+    )
+    late, _ = await join(harness, signal, "room", port=port_a)
 
     await bounded(bob.send("after from bob"))
     for ws in (alice, bob, late):
@@ -615,10 +618,7 @@ async def test_redis_restart_publish_fails_then_recovers(harness, signal, redis_
 
     warnings = [r.getMessage() for r in caplog.records if r.name == HUB_LOGGER and r.levelno == logging.WARNING]
     assert any("lost the Redis connection" in m for m in warnings), warnings
-    back = [m for m in warnings if "Redis is back" in m]
-    assert len(back) == 2, warnings
-    assert any("3 local publish(es) failed" in m for m in back), back
-    assert any("1 local publish(es) failed" in m for m in back), back
+    assert len([m for m in warnings if "Redis is back" in m]) == 2, warnings
 
 
 class AsyncioSpy:
@@ -637,7 +637,7 @@ class AsyncioSpy:
 
 async def test_redis_reconnect_backoff_starts_again_from_the_minimum(redis_server, monkeypatch):
     spy = AsyncioSpy()
-    monkeypatch.setattr(tornado_websocket.hub, "asyncio", spy)
+    monkeypatch.setattr(tornado_websocket.channels_redis, "asyncio", spy)
     backend = RedisBackend(redis_server.url, reconnect_min=0.01, reconnect_max=0.16)
     hub = Hub(backend)
     try:
@@ -645,7 +645,9 @@ async def test_redis_reconnect_backoff_starts_again_from_the_minimum(redis_serve
         await bounded(backend.channel_added("room"))
         await asyncio.to_thread(redis_server.stop)
         await wait_until(lambda: len(spy.sleeps) >= 6, "six reconnect attempts", RECOVERY_TIMEOUT)
-        assert spy.sleeps[:6] == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.16, 0.16])  # the backoff grows to its cap
+        nominal = [0.01, 0.02, 0.04, 0.08, 0.16, 0.16]  # the backoff grows to its cap, with +-50% jitter
+        for slept, expected in zip(spy.sleeps[:6], nominal):
+            assert 0.5 * expected <= slept < 1.5 * expected, spy.sleeps[:6]
         await asyncio.to_thread(redis_server.start)
         await wait_until(lambda: backend.is_subscribed("room"), "the resubscription", RECOVERY_TIMEOUT)
 
@@ -653,7 +655,7 @@ async def test_redis_reconnect_backoff_starts_again_from_the_minimum(redis_serve
         await asyncio.to_thread(redis_server.stop)
         await wait_until(lambda: len(spy.sleeps) > attempts, "a reconnect attempt", RECOVERY_TIMEOUT)
         first_delay = spy.sleeps[attempts]
-        assert first_delay == pytest.approx(0.01), f"the second outage started with a {first_delay} s delay"
+        assert 0.005 <= first_delay < 0.015, f"the second outage started with a {first_delay} s delay"
     finally:
         await bounded(hub.close())
 

@@ -1,47 +1,140 @@
-"""Publish/subscribe for WebSocket connections, in one process or many.
+"""Channels of WebSocket connections, with history, recovery and presence, in one process or many.
 
 ::
 
-    hub = Hub()                                   # in-process, nothing to install
-    hub = Hub(RedisBackend("redis://127.0.0.1:6379/0"))   # shared by several processes
+    hub = Hub()                                       # in-process, nothing to install
+    hub = Hub(RedisBackend("redis://127.0.0.1:6379/0"))  # shared by several processes (channels_redis)
 
     class Chat(WebSocketHandler):
         def open(self):
             hub.subscribe("lobby", self)          # unsubscribed automatically on close
         async def on_message(self, message):
-            await hub.publish("lobby", message)
+            offset = await hub.publish("lobby", message)
 
-Each subscribed connection gets each published message once, in publish
-order per publisher, through the encode-once :func:`~tornado_websocket.broadcast`.
+Every message published to a channel gets an *offset* (1, 2, 3... per
+channel) in the channel's *epoch* (see :mod:`~tornado_websocket.channels_history`).
+``hub.subscribe(channel, conn, since=offset, epoch=epoch)`` first sends what
+the channel's history holds after ``since``, then live messages, with no gap
+and no duplicate between the two: live messages that arrive while history is
+read are held back, and those history already covered are dropped. Each
+subscribed connection gets each message once, in offset order, through the
+encode-once :func:`~tornado_websocket.broadcast.broadcast`.
+
+What a subscriber receives is its :class:`Framing`'s: the message itself
+(:data:`RAW`, the default) or, for :class:`~tornado_websocket.channels.ChannelsHandler`,
+a JSON envelope with the channel, offset and epoch.
+
 A slow consumer does not hold up the others: a connection with more than
 ``max_pending_bytes`` unsent is closed with ``slow_consumer_code`` (1013,
-"try again later") instead of being written to.
+"try again later") instead of being written to (counted in
+``STATS.slow_consumers_closed``); it may come back with ``since``.
+
+A backend (:class:`~tornado_websocket.channels_memory.MemoryBackend` by
+default, :class:`~tornado_websocket.channels_redis.RedisBackend`,
+:class:`~tornado_websocket.channels_redis.RedisClusterBackend`) keeps the
+history and presence and tells the hub (its :class:`Sink`) what arrives.
+When its live delivery has a gap (a lost Redis connection), the hub reads
+the channel's history from the last offset it delivered and goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Any, Callable, Optional
-
-from tornado.ioloop import IOLoop
+from dataclasses import dataclass
+from typing import Any, Awaitable, Optional, Protocol
 
 from tornado_websocket.broadcast import broadcast
-from tornado_websocket.connection import WebSocketConnection
+from tornado_websocket.channels_history import Data, Recovery
+from tornado_websocket.channels_memory import MemoryBackend
+from tornado_websocket.connection import PreparedMessage, WebSocketConnection
 from tornado_websocket.errors import WebSocketError
 from tornado_websocket.frames import CloseCode
-from tornado_websocket.inbox import Data
+from tornado_websocket.metrics import STATS
 
 hub_log = logging.getLogger("tornado_websocket.hub")
 
-Deliver = Callable[[str, Data], None]
-
 DEFAULT_MAX_PENDING_BYTES = 1024 * 1024
+
+#: The old name of the in-process backend.
+InProcessBackend = MemoryBackend
 
 
 class HubUnavailableError(WebSocketError):
-    """The backend cannot publish right now (for example, Redis is down); the message was not sent."""
+    """The backend cannot publish or read history right now (for example, Redis is down)."""
+
+
+class Sink(Protocol):
+    """What a backend tells its hub (the :class:`Hub` is one)."""
+
+    def deliver(self, channel: str, epoch: str, offset: int, message: Data) -> None:
+        """A message was published to ``channel`` (in offset order per channel)."""
+
+    def presence_event(self, channel: str, kind: str, member_id: str, info: Any) -> None:
+        """``kind`` is ``"join"`` or ``"leave"``."""
+
+    def resync(self, channel: Optional[str] = None) -> None:
+        """Live delivery of ``channel`` (every channel if None) may have missed messages: read history."""
+
+
+class Backend(Protocol):
+    """The storage and transport of a :class:`Hub`'s channels (see the module docstring)."""
+
+    shared: bool
+
+    def start(self, sink: Sink) -> None: ...
+
+    def channel_added(self, channel: str) -> Awaitable[None]: ...
+
+    def channel_removed(self, channel: str) -> None: ...
+
+    async def publish(self, channel: str, message: Data) -> int: ...
+
+    async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Recovery: ...
+
+    async def join(self, channel: str, member_id: str, info: Any) -> None: ...
+
+    async def leave(self, channel: str, member_id: str) -> None: ...
+
+    async def members(self, channel: str) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class Framing:
+    """What a subscriber receives for each event of a channel; this base sends the message itself and nothing else.
+
+    Subclasses return the text (or bytes) to send, or ``None`` to send nothing.
+    Each method is called once per event per process, not per subscriber.
+    """
+
+    def message(self, channel: str, epoch: str, offset: int, message: Data) -> Data:
+        return message
+
+    def subscribed(self, channel: str, recovery: Recovery) -> Optional[Data]:
+        return None
+
+    def presence(self, channel: str, kind: str, member_id: str, info: Any) -> Optional[Data]:
+        return None
+
+    def members(self, channel: str, members: dict[str, Any]) -> Optional[Data]:
+        return None
+
+
+#: The default framing: subscribers receive the published messages as they are.
+RAW = Framing()
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A completed subscription: the channel's ``epoch`` and latest ``offset`` when it started, whether everything
+    after ``since`` followed (``recovered``), and how many messages came from history (``replayed``)."""
+
+    channel: str
+    epoch: str
+    offset: int
+    recovered: bool
+    replayed: int
 
 
 def _as_connection(target: Any) -> WebSocketConnection:
@@ -51,78 +144,173 @@ def _as_connection(target: Any) -> WebSocketConnection:
     return connection
 
 
-def _resolved() -> asyncio.Future[None]:
-    future: asyncio.Future[None] = IOLoop.current().asyncio_loop.create_future()  # type: ignore[attr-defined]
-    future.set_result(None)
-    return future
+def _send(connection: WebSocketConnection, data: Data) -> None:
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    connection.send_prepared(PreparedMessage(payload, type(data) is bytes))
 
 
-class InProcessBackend:
-    """Delivers published messages to this process's subscribers only. The default."""
+class _Pending:
+    """A subscriber reading history: live messages wait in ``buffer`` until it is done."""
 
-    def __init__(self) -> None:
-        self._deliver: Optional[Deliver] = None
+    __slots__ = ("framing", "since", "epoch", "member", "buffer", "task")
 
-    def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    def __init__(
+        self, framing: Framing, since: Optional[int], epoch: Optional[str], member: Optional[tuple[str, Any]]
+    ) -> None:
+        self.framing = framing
+        self.since = since
+        self.epoch = epoch
+        self.member = member
+        self.buffer: list[tuple[str, int, Data]] = []
+        self.task: Optional[asyncio.Future[Optional[Subscription]]] = None
 
-    def channel_added(self, channel: str) -> asyncio.Future[None]:
-        return _resolved()
 
-    def channel_removed(self, channel: str) -> None:
-        pass
+class _Channel:
+    """This process's side of one channel."""
 
-    async def publish(self, channel: str, message: Data) -> None:
-        assert self._deliver is not None, "the backend is not attached to a Hub"
-        self._deliver(channel, message)
+    __slots__ = ("groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer")
 
-    async def close(self) -> None:
-        pass
+    def __init__(self, ready: Awaitable[None]) -> None:
+        self.groups: dict[Framing, set[WebSocketConnection]] = {}
+        self.pending: dict[WebSocketConnection, _Pending] = {}
+        self.watchers: dict[WebSocketConnection, Framing] = {}  # subscribers that get presence events
+        self.members: dict[WebSocketConnection, str] = {}  # their member ids
+        self.epoch: Optional[str] = None  # of the last message delivered here
+        self.last = 0
+        self.ready = asyncio.ensure_future(ready)
+        self.resync_buffer: Optional[list[tuple[str, int, Data]]] = None
+
+    def live(self, connection: WebSocketConnection) -> bool:
+        return any(connection in members for members in self.groups.values())
 
 
 class Hub:
     """Channels of WebSocket connections; see the module docstring.
 
-    ``backend`` is :class:`InProcessBackend` (default) or :class:`RedisBackend`.
+    ``backend`` is a :class:`~tornado_websocket.channels_memory.MemoryBackend`
+    (the default) or a Redis backend of :mod:`~tornado_websocket.channels_redis`.
+    A subscription whose live delivery does not start within
+    ``subscribe_timeout`` seconds (Redis is down) fails with :class:`HubUnavailableError`.
     """
 
     def __init__(
         self,
-        backend: Optional[Any] = None,
+        backend: Optional[Backend] = None,
         *,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         slow_consumer_code: int = CloseCode.TRY_AGAIN_LATER,
+        subscribe_timeout: float = 5.0,
     ) -> None:
-        self.backend = backend if backend is not None else InProcessBackend()
+        self.backend: Any = backend if backend is not None else MemoryBackend()
+        self.subscribe_timeout = subscribe_timeout
         self.max_pending_bytes = max_pending_bytes
         self.slow_consumer_code = slow_consumer_code
-        self._channels: dict[str, set[WebSocketConnection]] = {}
+        self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[WebSocketConnection, set[str]] = {}
-        self.backend.start(self._deliver)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.backend.start(self)
 
-    def subscribe(self, channel: str, target: Any) -> asyncio.Future[None]:
+    # -- subscribing ---------------------------------------------------------------
+
+    def subscribe(
+        self,
+        channel: str,
+        target: Any,
+        since: Optional[int] = None,
+        *,
+        epoch: Optional[str] = None,
+        framing: Framing = RAW,
+        member: Optional[tuple[str, Any]] = None,
+    ) -> asyncio.Future[Optional[Subscription]]:
         """Subscribe a connection (handler, client or ``WebSocketConnection``) to ``channel``.
 
-        Returns a future that completes once the backend delivers the
-        channel's messages here (at once in-process; after Redis confirmed the
-        subscription otherwise); it may be ignored. A connection that is
-        already closed is not subscribed. Raises ``TypeError`` for something
-        that is not a WebSocket.
+        With ``since`` (an offset of ``epoch``), what history holds after it
+        is sent first; then live messages. ``member`` (an id and any JSON
+        value) lists the connection in the channel's presence and sends it
+        presence events. Returns a future of the :class:`Subscription` once
+        history is sent and live delivery started (``None`` if the connection
+        closed or unsubscribed first); it may be ignored. It raises
+        :class:`HubUnavailableError` when the backend cannot read history
+        (the connection is then not subscribed). Subscribing again while
+        subscribed changes nothing. Raises ``TypeError`` for something that
+        is not a WebSocket.
         """
         connection = _as_connection(target)
+        loop = asyncio.get_running_loop()
         if connection.closed:
             # The peer left (say, while on_message awaited): nothing to deliver to.
-            return _resolved()
-        members = self._channels.get(channel)
-        if members is None:
-            members = self._channels[channel] = set()
-        members.add(connection)
+            done: asyncio.Future[Optional[Subscription]] = loop.create_future()
+            done.set_result(None)
+            return done
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel(self.backend.channel_added(channel))
+        pending = state.pending.get(connection)
+        if pending is not None and pending.task is not None:
+            return pending.task
+        if state.live(connection):
+            done = loop.create_future()
+            done.set_result(Subscription(channel, state.epoch or "", state.last, True, 0))
+            return done
         channels = self._subscriptions.get(connection)
         if channels is None:
             channels = self._subscriptions[connection] = set()
             connection.add_close_callback(self._forget)
         channels.add(channel)
-        return self.backend.channel_added(channel)
+        pending = state.pending[connection] = _Pending(framing, since, epoch, member)
+        task = pending.task = asyncio.ensure_future(self._catch_up(channel, state, connection, pending))
+        return task
+
+    async def _catch_up(
+        self, channel: str, state: _Channel, connection: WebSocketConnection, pending: _Pending
+    ) -> Optional[Subscription]:
+        """Read history for a new subscriber, then send it, its held-back live messages, and make it live."""
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(state.ready), self.subscribe_timeout)
+            except asyncio.TimeoutError:
+                raise HubUnavailableError(f"live delivery of {channel!r} did not start in {self.subscribe_timeout} s")
+            recovery = await self.backend.recover(channel, pending.since, pending.epoch)
+            members = await self.backend.members(channel) if pending.member is not None else None
+        except BaseException:
+            if state.pending.get(connection) is pending:
+                self._leave(channel, connection)
+                channels = self._subscriptions.get(connection)
+                if channels is not None:
+                    channels.discard(channel)
+            raise
+        if state.pending.get(connection) is not pending or connection.is_closing():
+            return None  # unsubscribed or closed meanwhile
+        del state.pending[connection]
+        if state.epoch is None:
+            state.epoch, state.last = recovery.epoch, max(state.last, recovery.offset)
+        if pending.since is None:
+            # Live from the subscription on: the offset is the one before the first held-back message.
+            first = next((offset for epoch, offset, _ in pending.buffer if epoch == recovery.epoch), None)
+            if first is not None and first - 1 < recovery.offset:
+                recovery = Recovery(recovery.epoch, first - 1, [], True)
+        framing = pending.framing
+        head = framing.subscribed(channel, recovery)
+        if head is not None:
+            _send(connection, head)
+        if members is not None:
+            listing = framing.members(channel, members)
+            if listing is not None:
+                _send(connection, listing)
+        for offset, message in recovery.entries:
+            _send(connection, framing.message(channel, recovery.epoch, offset, message))
+        covered = recovery.offset if pending.since is not None else -1
+        for epoch, offset, message in pending.buffer:
+            if epoch == recovery.epoch and offset <= covered:
+                continue  # history had it
+            _send(connection, framing.message(channel, epoch, offset, message))
+        state.groups.setdefault(framing, set()).add(connection)
+        if pending.member is not None:
+            member_id, info = pending.member
+            state.watchers[connection] = framing
+            state.members[connection] = member_id
+            self._spawn(self.backend.join(channel, member_id, info))
+        return Subscription(channel, recovery.epoch, recovery.offset, recovery.recovered, len(recovery.entries))
 
     def unsubscribe(self, channel: str, target: Any) -> None:
         """Stop sending ``channel`` to a connection (a no-op if it was not subscribed)."""
@@ -138,32 +326,83 @@ class Hub:
 
     def _leave(self, channel: str, connection: WebSocketConnection) -> None:
         """Take ``connection`` out of ``channel``; drop the channel when it empties."""
-        members = self._channels.get(channel)
-        if members is not None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.pending.pop(connection, None)
+        for framing, members in list(state.groups.items()):
             members.discard(connection)
             if not members:
-                del self._channels[channel]
-                self.backend.channel_removed(channel)
+                del state.groups[framing]
+        state.watchers.pop(connection, None)
+        member_id = state.members.pop(connection, None)
+        if member_id is not None:
+            self._spawn(self.backend.leave(channel, member_id))
+        if not state.groups and not state.pending:
+            del self._channels[channel]
+            self.backend.channel_removed(channel)
 
     def subscribers(self, channel: str) -> int:
-        """How many connections of this process are subscribed to ``channel``."""
-        return len(self._channels.get(channel, ()))
+        """How many connections of this process are subscribed to ``channel`` (reading history or live)."""
+        state = self._channels.get(channel)
+        if state is None:
+            return 0
+        return len(state.pending) + sum(len(members) for members in state.groups.values())
 
-    async def publish(self, channel: str, message: Data) -> None:
-        """Send ``message`` (``str`` as text, ``bytes`` as binary) to every subscriber of ``channel``.
+    def channels(self, target: Any) -> set[str]:
+        """The channels a connection is subscribed to here."""
+        return set(self._subscriptions.get(_as_connection(target), ()))
 
-        With Redis, subscribers in every process get it. Raises
-        :class:`HubUnavailableError` when the backend cannot take it.
+    # -- publishing ------------------------------------------------------------------
+
+    async def publish(self, channel: str, message: Data) -> int:
+        """Send ``message`` (``str`` as text, ``bytes`` as binary) to ``channel``'s subscribers; return its offset.
+
+        With a Redis backend, subscribers in every process get it. Raises
+        :class:`HubUnavailableError` when the backend cannot take it, and
+        ``TypeError`` for anything but ``str`` or ``bytes``.
         """
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"cannot publish {type(message).__name__}; publish str or bytes")
-        await self.backend.publish(channel, message)
+        offset: int = await self.backend.publish(channel, message)
+        return offset
 
-    def _deliver(self, channel: str, message: Data) -> None:
-        """Fan one message out to this process's subscribers; close the ones that fall behind."""
-        members = self._channels.get(channel)
-        if not members:
+    async def members(self, channel: str) -> dict[str, Any]:
+        """The channel's presence, in every process: member id to info. Raises :class:`HubUnavailableError`."""
+        members: dict[str, Any] = await self.backend.members(channel)
+        return members
+
+    # -- the Sink: what the backend tells us -------------------------------------------
+
+    def deliver(self, channel: str, epoch: str, offset: int, message: Data) -> None:
+        """Fan one message out to this process's subscribers (see :class:`Sink`)."""
+        state = self._channels.get(channel)
+        if state is None:
             return
+        if state.resync_buffer is not None:
+            state.resync_buffer.append((epoch, offset, message))
+            return
+        if state.epoch == epoch and offset > state.last + 1:
+            hub_log.info("gap on %r: offset %d after %d; reading history", channel, offset, state.last)
+            state.resync_buffer = [(epoch, offset, message)]
+            self._spawn(self._resync(channel, state))
+            return
+        self._dispatch(channel, state, epoch, offset, message)
+
+    def _dispatch(self, channel: str, state: _Channel, epoch: str, offset: int, message: Data) -> None:
+        if state.epoch == epoch:
+            if offset <= state.last:
+                return  # delivered already (history read after a reconnect overlaps the live stream)
+        else:
+            state.epoch = epoch  # a new history (or the first message here)
+        state.last = offset
+        for pending in state.pending.values():
+            pending.buffer.append((epoch, offset, message))
+        for framing, members in state.groups.items():
+            self._fan_out(channel, members, framing.message(channel, epoch, offset, message))
+
+    def _fan_out(self, channel: str, members: set[WebSocketConnection], data: Data) -> None:
+        """Send ``data`` to ``members``; close the ones that fall behind."""
         limit = self.max_pending_bytes
         keep = []
         for connection in members:
@@ -172,175 +411,73 @@ class Hub:
             pending = connection.write_buffer_size
             if pending > limit:
                 hub_log.info("closing a slow consumer on %r: %d bytes unsent, over %d", channel, pending, limit)
+                STATS.slow_consumers_closed += 1
                 connection.close(self.slow_consumer_code, "slow consumer")
                 continue
             keep.append(connection)
-        broadcast(keep, message, binary=isinstance(message, bytes))
+        broadcast(keep, data, binary=isinstance(data, bytes))
+
+    def resync(self, channel: Optional[str] = None) -> None:
+        """Read history from the last offset delivered here, for ``channel`` or every channel (see :class:`Sink`)."""
+        names = [channel] if channel is not None else list(self._channels)
+        for name in names:
+            state = self._channels.get(name)
+            if state is not None and state.resync_buffer is None and state.epoch is not None:
+                state.resync_buffer = []
+                self._spawn(self._resync(name, state))
+
+    async def _resync(self, channel: str, state: _Channel) -> None:
+        entries: list[tuple[str, int, Data]] = []
+        try:
+            recovery = await self.backend.recover(channel, state.last, state.epoch)
+            entries = [(recovery.epoch, offset, message) for offset, message in recovery.entries]
+            if not recovery.recovered:
+                hub_log.warning("channel %r: history after offset %d is incomplete", channel, state.last)
+        except Exception as exc:
+            hub_log.warning("channel %r: could not read history after a gap: %s", channel, exc)
+        finally:
+            held = state.resync_buffer or []
+            state.resync_buffer = None
+            # Best effort: what could not be recovered is not asked for again.
+            for epoch, offset, message in entries + held:
+                self._dispatch(channel, state, epoch, offset, message)
+
+    def presence_event(self, channel: str, kind: str, member_id: str, info: Any) -> None:
+        """Send a join or leave to the channel's presence watchers here (see :class:`Sink`)."""
+        state = self._channels.get(channel)
+        if state is None or not state.watchers:
+            return
+        encoded: dict[Framing, Optional[Data]] = {}
+        for connection, framing in state.watchers.items():
+            if framing not in encoded:
+                encoded[framing] = framing.presence(channel, kind, member_id, info)
+            data = encoded[framing]
+            if data is not None and not connection.is_closing():
+                _send(connection, data)
+
+    # -- the rest ------------------------------------------------------------------------
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            hub_log.warning("hub background task failed: %s", task.exception())
 
     async def close(self) -> None:
         """Stop the backend (connections are left open)."""
+        for task in list(self._tasks):
+            task.cancel()
         await self.backend.close()
 
 
-class RedisBackend:
-    """Redis pub/sub, so that hubs in several processes (or hosts) share channels.
+def __getattr__(name: str) -> Any:
+    # RedisBackend lives in channels_redis (it needs the redis extra); the old import path keeps working.
+    if name in ("RedisBackend", "RedisClusterBackend"):
+        import importlib
 
-    Needs ``pip install tornado_websocket[redis]``. Channels are named
-    ``prefix + channel`` in Redis. When Redis goes away the backend
-    reconnects with exponential backoff (``reconnect_min`` to
-    ``reconnect_max`` seconds), resubscribes, and logs how long it was down
-    and how many local publishes failed meanwhile; messages published by
-    other processes during that time are not replayed.
-    """
-
-    TEXT, BINARY = b"t", b"b"
-
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        prefix: str = "tornado_websocket:",
-        reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
-    ) -> None:
-        import redis.asyncio  # an optional dependency: fail here, with its own message
-
-        self._redis_module = redis.asyncio
-        self.url = url
-        self.prefix = prefix
-        self.reconnect_min = reconnect_min
-        self.reconnect_max = reconnect_max
-        self._deliver: Optional[Deliver] = None
-        self._publisher: Any = redis.asyncio.from_url(url)
-        self._wanted: set[str] = set()
-        self._active: set[str] = set()
-        self._ready: dict[str, list[asyncio.Future[None]]] = {}
-        self._task: Optional[asyncio.Task[None]] = None
-        self._down_since: Optional[float] = None
-        self._failed_publishes = 0
-        self._closing = False
-        self._delay = reconnect_min
-
-    def start(self, deliver: Deliver) -> None:
-        # The subscriber task starts on first use, on the loop that is running then: a Hub
-        # may be made at import time, before asyncio.run() creates the loop.
-        self._deliver = deliver
-
-    def _ensure_running(self) -> None:
-        if self._task is None and not self._closing:
-            self._task = asyncio.ensure_future(self._run())
-
-    def is_subscribed(self, channel: str) -> bool:
-        return channel in self._active
-
-    def channel_added(self, channel: str) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = IOLoop.current().asyncio_loop.create_future()  # type: ignore[attr-defined]
-        if channel in self._active:
-            future.set_result(None)
-        else:
-            self._ready.setdefault(channel, []).append(future)
-        self._wanted.add(channel)
-        self._ensure_running()
-        return future
-
-    def channel_removed(self, channel: str) -> None:
-        self._wanted.discard(channel)
-        self._release_waiters(channel)
-
-    def _release_waiters(self, channel: Optional[str] = None) -> None:
-        """Complete the subscribe futures of ``channel`` (of every channel if None): nobody waits any more."""
-        for name in [channel] if channel is not None else list(self._ready):
-            for future in self._ready.pop(name, []):
-                if not future.done():
-                    future.set_result(None)
-
-    async def publish(self, channel: str, message: Data) -> None:
-        payload = self.TEXT + message.encode("utf-8") if isinstance(message, str) else self.BINARY + message
-        self._ensure_running()
-        errors = (OSError, self._redis_module.RedisError)
-        try:
-            await self._publisher.publish(self.prefix + channel, payload)
-        except errors:
-            # After Redis restarted, the pooled connection is stale and fails once;
-            # a second try opens a new one.
-            try:
-                await self._publisher.publish(self.prefix + channel, payload)
-            except errors as exc:
-                self._failed_publishes += 1
-                raise HubUnavailableError(f"Redis is unavailable, the message was not published: {exc}") from exc
-
-    async def _run(self) -> None:
-        self._delay = self.reconnect_min
-        while not self._closing:
-            client: Any = self._redis_module.from_url(self.url)
-            pubsub: Any = client.pubsub()
-            try:
-                await self._listen(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not isinstance(exc, (OSError, self._redis_module.RedisError)):
-                    hub_log.error("unexpected error in the Redis subscriber; restarting it", exc_info=True)
-                if self._down_since is None:
-                    self._down_since = time.monotonic()
-                    hub_log.warning("lost the Redis connection (%s); reconnecting", exc)
-                self._active.clear()
-                await asyncio.sleep(self._delay)
-                self._delay = min(self._delay * 2, self.reconnect_max)
-                continue
-            finally:
-                try:
-                    await pubsub.aclose()
-                    await client.aclose()
-                except Exception:
-                    pass
-
-    async def _listen(self, pubsub: Any) -> None:
-        """Keep the subscriptions in step with ``_wanted`` and deliver what arrives."""
-        prefix = self.prefix
-        await pubsub.ping()
-        self._delay = self.reconnect_min  # connected: the next outage backs off from the start
-        if self._down_since is not None:
-            hub_log.warning(
-                "Redis is back after %.1f s; %d local publish(es) failed meanwhile, and messages other "
-                "processes published meanwhile were not delivered here",
-                time.monotonic() - self._down_since,
-                self._failed_publishes,
-            )
-            self._down_since = None
-            self._failed_publishes = 0
-        while not self._closing:
-            added = self._wanted - self._active
-            removed = self._active - self._wanted
-            if added:
-                await pubsub.subscribe(*(prefix + c for c in added))
-            if removed:
-                await pubsub.unsubscribe(*(prefix + c for c in removed))
-                self._active -= removed
-            message = await pubsub.get_message(timeout=0.05)
-            if message is None:
-                continue
-            kind = message.get("type")
-            if kind not in ("subscribe", "message"):
-                continue  # pong, unsubscribe
-            channel = message["channel"].decode("utf-8")[len(prefix) :]
-            if kind == "subscribe":
-                self._active.add(channel)
-                for future in self._ready.pop(channel, []):
-                    if not future.done():
-                        future.set_result(None)
-            elif kind == "message" and self._deliver is not None:
-                data: bytes = message["data"]
-                body = data[1:]
-                self._deliver(channel, body.decode("utf-8") if data[:1] == self.TEXT else body)
-
-    async def close(self) -> None:
-        self._closing = True
-        self._release_waiters()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await self._publisher.aclose()
+        return getattr(importlib.import_module("tornado_websocket.channels_redis"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
