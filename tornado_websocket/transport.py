@@ -98,6 +98,7 @@ class SocketTransport:
         "_sent",
         "_waiters",
         "_shutdown_pending",
+        "_eof",
     )
 
     def __init__(
@@ -124,6 +125,7 @@ class SocketTransport:
         # Futures of writes that had to wait, with the _queued count each waits for.
         self._waiters: Optional[collections.deque[tuple[int, asyncio.Future[None]]]] = None
         self._shutdown_pending = False
+        self._eof = False  # the peer ended TCP while paused; _backlog is delivered first
         selector.add_reader(self._fd, self._read_ready)
 
     @property
@@ -139,9 +141,10 @@ class SocketTransport:
 
     # While paused (user code runs, or fairness), up to PAUSED_READ_AHEAD bytes are
     # still read and kept, as the IOStream did: a peer that leaves is noticed at once.
+    # If it leaves after sending, what it sent is still delivered (on resume), then it ends.
 
     def resume_reading(self) -> None:
-        """Deliver what was read ahead while paused, then read on."""
+        """Deliver what was read ahead while paused, then read on (or end, if the peer has left)."""
         if self._closed:
             return
         self._paused = False
@@ -151,6 +154,9 @@ class SocketTransport:
             self.sink.data_received(backlog)
             if self._paused or self._closed:
                 return
+        if self._eof:
+            self.abort()
+            return
         if not self._reading:
             self._reading = True
             self._selector.add_reader(self._fd, self._read_ready)
@@ -162,8 +168,16 @@ class SocketTransport:
         """Readable while paused: keep the bytes (bounded) and notice the end of the connection."""
         buf = _THREAD.receive
         room = PAUSED_READ_AHEAD - (0 if self._backlog is None else len(self._backlog))
-        n = self._recv_into(buf, max(room, 1))
-        if n <= 0:
+        n = self._recv(buf, max(room, 1))
+        if n < 0:
+            return
+        if not n:
+            if self._backlog is None:
+                self.abort()
+            else:  # keep what came before the end: resume_reading delivers it, then ends
+                self._eof = True
+                self._reading = False
+                self._selector.remove_reader(self._fd)
             return
         if self._backlog is None:
             self._backlog = bytearray(buf[:n])
@@ -190,7 +204,7 @@ class SocketTransport:
 
     def _recv_into(self, buf: memoryview, size: int = 0) -> int:
         """``recv_into``: the count, -1 when nothing is there after all, 0 once TCP ended (then aborted)."""
-        try:
+        try:  # the body of _recv, inlined: this is the hot path
             n = self.socket.recv_into(buf, size)
         except (BlockingIOError, InterruptedError):
             return -1
@@ -199,6 +213,15 @@ class SocketTransport:
         if not n:
             self.abort()
         return n
+
+    def _recv(self, buf: memoryview, size: int = 0) -> int:
+        """One ``recv_into`` (``size`` 0: all of ``buf``): the count, -1 when nothing is there, 0 at the end."""
+        try:
+            return self.socket.recv_into(buf, size)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError:
+            return 0  # reset: the same as the peer closing, for us
 
     # -- writing -------------------------------------------------------------
 
