@@ -204,12 +204,14 @@ class WebSocketConnection:
 
     @property
     def stream(self) -> Union[IOStream, DetachedStream]:
-        """Tornado's ``stream``: the IOStream of a TLS connection, else a stand-in for it.
+        """Tornado's ``stream``: a stand-in for the IOStream the socket left, else that IOStream.
 
-        Over plain TCP the socket left the IOStream after the upgrade (see
-        :func:`~tornado_websocket.transport.make_transport`);
+        After the upgrade the socket leaves the IOStream, over plain TCP and
+        over TLS alike (see :func:`~tornado_websocket.transport.make_transport`);
         :class:`~tornado_websocket.transport.DetachedStream` keeps what
-        applications use: ``socket``, ``close()``, ``closed()``, ``set_nodelay()``.
+        applications use: ``socket`` (an ``ssl.SSLSocket`` over TLS, so
+        ``getpeercert()`` works), ``close()``, ``closed()``, ``set_nodelay()``.
+        Where the stream could not be taken over it is returned itself.
         """
         if self._stream is not None:
             return self._stream
