@@ -45,6 +45,7 @@ from scenarios import (  # noqa: E402
     BROADCAST_PAYLOAD,
     MAX_MESSAGE_SIZE,
     binary_payload,
+    client_tls_context,
     json_payload,
     proc_cpu_seconds,
     proc_cpu_split,
@@ -64,6 +65,9 @@ perf_counter = time.perf_counter
 
 #: Connections kept open until the process exits (never garbage-collected mid-run).
 KEEP: list[Any] = []
+
+#: The client TLS context of wss:// scenarios (set by main() from --tls).
+TLS_CONTEXT: Any = None
 
 
 class BenchError(Exception):
@@ -355,7 +359,16 @@ async def connect(
         max_frame_size=MAX_MESSAGE_SIZE,
         websocket_handshake_timeout=CONNECT_TIMEOUT,
         extra_headers=extra_headers,
+        ssl_context=TLS_CONTEXT if url.startswith("wss:") else None,
     )
+
+
+def tls_details(transport: WSTransport) -> dict[str, Any]:
+    """The negotiated TLS version and cipher suite of a wss:// connection (empty for ws://)."""
+    ssl_object = transport.underlying_transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return {}
+    return {"tls_version": ssl_object.version(), "cipher": ssl_object.cipher()[0]}
 
 
 async def open_many(url: str, factory: Callable[[], WSListener], n: int, batch: int) -> list[tuple[WSTransport, Any]]:
@@ -463,11 +476,12 @@ async def scenario_pipeline(number: int, params: dict[str, Any], url: str, pid: 
         rate = count / elapsed
         if number == 2:
             metrics = {"round_trips_per_s": rate, "rtt_us": 1e6 / rate}
-        elif number == 3:
+        elif size >= 1024 * 1024:
             metrics = {"mb_per_s": count * size / elapsed / 1e6}
         else:
             metrics = {"msgs_per_s": rate}
-        return {"metrics": metrics, "cpu": cpu, "extra": {"messages": count, "elapsed_s": elapsed}}
+        extra = {"messages": count, "elapsed_s": elapsed, **tls_details(transport)}
+        return {"metrics": metrics, "cpu": cpu, "extra": extra}
     finally:
         transport.disconnect()
 
@@ -611,10 +625,76 @@ async def scenario_broadcast(params: dict[str, Any], url: str, pid: int, floor: 
     return {"metrics": metrics, "cpu": cpu, "extra": extra}
 
 
+class ChurnClient(WSListener):  # type: ignore[misc]
+    """One short-lived connection of scenario 10: one echo, then the close handshake."""
+
+    def __init__(self) -> None:
+        self.echo: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.close_code: Optional[int] = None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.BINARY:
+            if not self.echo.done():
+                self.echo.set_result(frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self.close_code = frame.get_close_code()
+            transport.disconnect()  # the server's Close answered ours: end TCP
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.echo.done():
+            self.echo.set_exception(BenchError("disconnected before the echo"))
+
+
+async def churn_one(url: str, frame: bytes, payload: bytes) -> None:
+    transport, client = await connect(url, ChurnClient)
+    try:
+        transport.underlying_transport.write(frame)
+        if await asyncio.wait_for(client.echo, REPLY_TIMEOUT) != payload:
+            raise BenchError("the churn echo differs from what was sent")
+        transport.send_close(1000)
+        await asyncio.wait_for(transport.wait_disconnected(), REPLY_TIMEOUT)
+    finally:
+        transport.disconnect()
+    if client.close_code != 1000:
+        raise BenchError(f"the server closed with {client.close_code}, not 1000")
+
+
+async def scenario_churn(params: dict[str, Any], url: str, pid: int) -> dict[str, Any]:
+    """``parallel`` workers open, echo once on and cleanly close connections until ``count`` are done."""
+    payload = binary_payload(params["size"])
+    frame = build_frame(0x2, payload, mask_key())
+    parallel = params["parallel"]
+
+    async def phase(total: int) -> float:
+        left = [total]
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                await churn_one(url, frame, payload)
+
+        t0 = perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(parallel))), PHASE_TIMEOUT)
+        return perf_counter() - t0
+
+    await phase(params["warmup"])
+    meter = CpuMeter(pid)
+    meter.start()
+    elapsed = await phase(params["count"])
+    cpu = meter.stop()
+    return {
+        "metrics": {"handshakes_per_s": params["count"] / elapsed},
+        "cpu": cpu,
+        "extra": {"connections": params["count"], "parallel": parallel, "elapsed_s": elapsed},
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     params = scaled(args.scenario, args.quick, args.connections)
-    url = f"ws://{args.host}:{args.port}/"
+    url = f"{'wss' if params.get('tls') else 'ws'}://{args.host}:{args.port}/"
     kind = params["kind"]
+    if kind == "churn":
+        return await scenario_churn(params, url, args.server_pid)
     if kind == "pipeline":
         return await scenario_pipeline(args.scenario, params, url, args.server_pid)
     if kind == "deflate":
@@ -629,12 +709,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server-pid", type=int, required=True)
-    parser.add_argument("--scenario", type=int, choices=range(1, 8), required=True)
+    parser.add_argument("--scenario", type=int, choices=range(1, 11), required=True)
+    parser.add_argument("--tls", metavar="DIR", help="wss:// scenarios: trust DIR/ca.pem")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--floor", action="store_true", help="scenario 6: also measure the FLOOR command")
     parser.add_argument("--connections", type=int, default=None, help="scenarios 5-6: fewer connections (fd limit)")
     args = parser.parse_args()
     soft, hard = raise_nofile_limit()
+    global TLS_CONTEXT
+    if args.tls:
+        TLS_CONTEXT = client_tls_context(args.tls)
     params = scaled(args.scenario, args.quick, args.connections)
     needed = params.get("connections", 0) + params.get("warmup_connections", 0) + 64
     try:
