@@ -43,6 +43,7 @@ from scenarios import (  # noqa: E402
     INFO_METRICS,
     METRICS,
     NOT_APPLICABLE,
+    ONLY_SCENARIOS,
     SCENARIOS,
     SERVER_LABELS,
     SERVERS,
@@ -101,8 +102,11 @@ def nice_plan(wanted: int) -> tuple[int, str]:
     return wanted, f"server and load generator at nice {wanted}"
 
 
-def child_env(root: str = ROOT) -> dict[str, str]:
+def child_env(root: str = ROOT, stdlib_zlib: bool = False) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("TORNADO_WEBSOCKET_STDLIB_ZLIB", None)
+    if stdlib_zlib:
+        env["TORNADO_WEBSOCKET_STDLIB_ZLIB"] = "1"
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -122,7 +126,7 @@ class Server:
         self, kind: str, cpu: Optional[int], log: IO[bytes], compress: bool = False, tls: bool = False
     ) -> None:
         self.kind = kind
-        args = ["--kind", "ours" if kind == "before" else kind, "--loop", SERVER_LOOP]
+        args = ["--kind", "ours" if kind in ("before", "ours-zlib") else kind, "--loop", SERVER_LOOP]
         if compress:
             args.append("--compress")
         if tls:
@@ -133,7 +137,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=ROOT,
-            env=child_env(BEFORE_TREE if kind == "before" and BEFORE_TREE else ROOT),
+            env=child_env(BEFORE_TREE if kind == "before" and BEFORE_TREE else ROOT, stdlib_zlib=kind == "ours-zlib"),
             preexec_fn=child_setup(cpu),
         )
         self.port = self._read_port()
@@ -702,6 +706,8 @@ def main() -> int:
             for rep in range(repeat):
                 for server_kind in servers:
                     for scenario in scenarios:
+                        if server_kind in ONLY_SCENARIOS and scenario not in ONLY_SCENARIOS[server_kind]:
+                            continue
                         reason = NOT_APPLICABLE.get(scenario, {}).get(server_kind)
                         if reason is not None:
                             print(f"[{rep + 1}/{repeat}] {server_kind:<10} scenario {scenario}: n/a ({reason})")

@@ -19,11 +19,12 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 BROADCAST_PAYLOAD = bytes(range(128))
 
 #: Every server kind run.py knows, in table order; "tornado" is the baseline for ratios.
-SERVERS = ["ours", "tornado", "websockets", "aiohttp", "picows"]
+SERVERS = ["ours", "ours-zlib", "tornado", "websockets", "aiohttp", "picows"]
 BASELINE = "tornado"
 
 SERVER_LABELS = {
     "ours": "tornado_websocket",
+    "ours-zlib": "tornado_websocket, stdlib zlib",
     "tornado": "tornado.websocket",
     "websockets": "websockets",
     "aiohttp": "aiohttp",
@@ -127,6 +128,12 @@ SCENARIOS: dict[int, dict[str, Any]] = {
 #: Servers a scenario cannot run on, and why (shown as "n/a" in the table).
 NOT_APPLICABLE: dict[int, dict[str, str]] = {
     7: {"picows": "no permessage-deflate in picows"},
+}
+
+#: Servers that run only some scenarios (elsewhere they would repeat another server's row).
+ONLY_SCENARIOS: dict[str, set[int]] = {
+    # ours with TORNADO_WEBSOCKET_STDLIB_ZLIB=1: differs from "ours" only where deflate runs.
+    "ours-zlib": {7},
 }
 
 QUICK_DIVISOR = 10
