@@ -434,7 +434,7 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]], servers: list[st
                     entry[key] = statistics.median(found)
             entry["noisy_runs"] = sum(1 for c in cpus if is_noisy(c))
             if row["scenario"] == 6:
-                part = "floor" if row["floor"] else "broadcast"
+                part = ("python" if row["key"].startswith("python_") else "floor") if row["floor"] else "broadcast"
                 details = [r["extra"][part] for r in good if part in r.get("extra", {})]
                 if details:
                     entry["server_cpu_ms_per_round"] = statistics.median(d["server_cpu_ms_per_round"] for d in details)

@@ -160,7 +160,9 @@ INFO_METRICS = {"echo_compression"}
 #: Extra rows for scenario 6 measured only on our server (bare sock.send loop).
 FLOOR_METRICS: list[tuple[str, str, str]] = [
     ("floor_fanout_us", "fanout_us", "floor: bare sock.send() loop"),
+    ("python_fanout_us", "fanout_us", "pure-Python broadcast path"),
     ("floor_last_client_us", "last_client_us", "floor: bare sock.send() loop"),
+    ("python_last_client_us", "last_client_us", "pure-Python broadcast path"),
 ]
 
 

@@ -167,12 +167,27 @@ async def serve_tornado_family(kind: str, sock: socket.socket, compress: bool, t
         us = (time.perf_counter() - t0) * 1e6
         return f"{us:.1f} sock.send-loop short={short}"
 
+    def python_broadcast() -> str:
+        """ours: broadcast() with the C send loop turned off (the pure-Python path, as without the extension)."""
+        if kind != "ours" or library_broadcast is None:
+            return "unsupported"
+        import tornado_websocket.connection as connection_module
+
+        saved = connection_module._send_frame_to_all
+        connection_module._send_frame_to_all = None
+        try:
+            return broadcast().replace("broadcast()", "broadcast(), Python path")
+        finally:
+            connection_module._send_frame_to_all = saved
+
     class ControlHandler(base):  # type: ignore[misc, valid-type]
         def on_message(self, m: Any) -> None:
             if m == "COUNT":
                 self.write_message(str(len(clients)))
             elif m == "BROADCAST":
                 self.write_message(broadcast())
+            elif m == "BROADCAST_PY":
+                self.write_message(python_broadcast())
             elif m == "FLOOR":
                 self.write_message(floor())
             else:
