@@ -2,7 +2,9 @@
 
 Run ``python bench/deflate_memory.py``; it prints a Markdown table (KiB per
 connection, median of 3 runs of 200 connections each, measured with
-tracemalloc, which sees zlib's allocations) for docs/compression.md.
+tracemalloc, which sees zlib's allocations) for docs/compression.md, for
+the deflate library in use (zlib-ng's where installed;
+``TORNADO_WEBSOCKET_STDLIB_ZLIB=1`` for the standard library's).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import tracemalloc
 
 from tornado.httputil import HTTPHeaders
 
-from tornado_websocket.deflate import PerMessageDeflate, negotiate_server
+from tornado_websocket.deflate import ZLIB, PerMessageDeflate, negotiate_server
 from tornado_websocket.handshake import parse_extension_list
 
 MESSAGE = json.dumps([{"id": i, "name": f"user{i}", "text": "hello there " * 3} for i in range(40)]).encode()
@@ -46,6 +48,7 @@ def one_run(options: dict[str, object]) -> float:
 
 
 def main() -> None:
+    print(f"deflate library: {ZLIB}\n")
     print("| options | KiB per connection |")
     print("|---|---|")
     for name, options in CASES.items():

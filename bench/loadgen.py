@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import resource
@@ -45,6 +47,7 @@ from scenarios import (  # noqa: E402
     BROADCAST_PAYLOAD,
     MAX_MESSAGE_SIZE,
     binary_payload,
+    client_tls_context,
     json_payload,
     proc_cpu_seconds,
     proc_cpu_split,
@@ -64,6 +67,9 @@ perf_counter = time.perf_counter
 
 #: Connections kept open until the process exits (never garbage-collected mid-run).
 KEEP: list[Any] = []
+
+#: The client TLS context of wss:// scenarios (set by main() from --tls).
+TLS_CONTEXT: Any = None
 
 
 class BenchError(Exception):
@@ -355,7 +361,16 @@ async def connect(
         max_frame_size=MAX_MESSAGE_SIZE,
         websocket_handshake_timeout=CONNECT_TIMEOUT,
         extra_headers=extra_headers,
+        ssl_context=TLS_CONTEXT if url.startswith("wss:") else None,
     )
+
+
+def tls_details(transport: WSTransport) -> dict[str, Any]:
+    """The negotiated TLS version and cipher suite of a wss:// connection (empty for ws://)."""
+    ssl_object = transport.underlying_transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return {}
+    return {"tls_version": ssl_object.version(), "cipher": ssl_object.cipher()[0]}
 
 
 async def open_many(url: str, factory: Callable[[], WSListener], n: int, batch: int) -> list[tuple[WSTransport, Any]]:
@@ -463,11 +478,12 @@ async def scenario_pipeline(number: int, params: dict[str, Any], url: str, pid: 
         rate = count / elapsed
         if number == 2:
             metrics = {"round_trips_per_s": rate, "rtt_us": 1e6 / rate}
-        elif number == 3:
+        elif size >= 1024 * 1024:
             metrics = {"mb_per_s": count * size / elapsed / 1e6}
         else:
             metrics = {"msgs_per_s": rate}
-        return {"metrics": metrics, "cpu": cpu, "extra": {"messages": count, "elapsed_s": elapsed}}
+        extra = {"messages": count, "elapsed_s": elapsed, **tls_details(transport)}
+        return {"metrics": metrics, "cpu": cpu, "extra": extra}
     finally:
         transport.disconnect()
 
@@ -549,42 +565,62 @@ async def scenario_idle(params: dict[str, Any], url: str, pid: int) -> dict[str,
 
 
 async def broadcast_rounds(
-    control: Control, state: BroadcastState, command: str, n: int, rounds: int, warmup: int, pid: int
-) -> dict[str, Any]:
-    fanout: list[float] = []
-    last: list[float] = []
-    first: list[float] = []
-    method = ""
-    meter = CpuMeter(pid)
-    for i in range(warmup + rounds):
-        if i == warmup:
-            meter.start()
-        future = state.reset(n)
-        t0 = perf_counter()
-        control.send(command)
-        reply = await asyncio.wait_for(control.replies.get(), REPLY_TIMEOUT)
-        await asyncio.wait_for(future, REPLY_TIMEOUT)
-        words = reply.split()
-        if not words or words[0] in ("unsupported", "unknown"):
-            raise BenchError(f"{command}: server answered {reply!r}")
-        method = " ".join(words[1:])
-        if i >= warmup:
-            fanout.append(float(words[0]))
-            last.append((state.t_last - t0) * 1e6)
-            first.append((state.t_first - t0) * 1e6)
-        await asyncio.sleep(0.2)
-    cpu = meter.stop()
-    return {
-        "fanout_us": statistics.median(fanout),
-        "last_client_us": statistics.median(last),
-        "first_client_us": statistics.median(first),
-        "fanout_us_rounds": fanout,
-        "last_client_us_rounds": last,
-        "method": method,
-        "client_cpu_ms_per_round": cpu["client_cpu_s"] * 1e3 / rounds,
-        "server_cpu_ms_per_round": cpu["server_cpu_s"] * 1e3 / rounds,
-        "cpu": cpu,
+    control: Control, state: BroadcastState, commands: list[str], n: int, rounds: int, warmup: int, pid: int
+) -> dict[str, dict[str, Any]]:
+    """``warmup + rounds`` rounds of every command in ``commands``, interleaved (A, B, A, B, ...).
+
+    Interleaving keeps a busy machine's drift from favouring whichever
+    command ran first; each command gets its own medians and CPU per round.
+    """
+    per: dict[str, dict[str, Any]] = {
+        c: {"fanout": [], "last": [], "first": [], "method": "", "client_cpu": 0.0, "server_cpu": 0.0} for c in commands
     }
+    t_wall = 0.0
+    other_s = 0.0
+    steal_s = 0.0
+    for i in range(warmup + rounds):
+        for command in commands:
+            record = per[command]
+            meter = CpuMeter(pid)
+            meter.start()
+            future = state.reset(n)
+            t0 = perf_counter()
+            control.send(command)
+            reply = await asyncio.wait_for(control.replies.get(), REPLY_TIMEOUT)
+            await asyncio.wait_for(future, REPLY_TIMEOUT)
+            cpu = meter.stop()
+            words = reply.split()
+            if not words or words[0] in ("unsupported", "unknown"):
+                raise BenchError(f"{command}: server answered {reply!r}")
+            record["method"] = " ".join(words[1:])
+            if i >= warmup:
+                record["fanout"].append(float(words[0]))
+                record["last"].append((state.t_last - t0) * 1e6)
+                record["first"].append((state.t_first - t0) * 1e6)
+                record["client_cpu"] += cpu["client_cpu_s"]
+                record["server_cpu"] += cpu["server_cpu_s"]
+                t_wall += cpu["wall_s"]
+                other_s += cpu["other_cpu_s"]
+                steal_s += cpu["steal_util"] * cpu["wall_s"]
+            await asyncio.sleep(0.2)
+    out: dict[str, dict[str, Any]] = {}
+    for command, record in per.items():
+        out[command] = {
+            "fanout_us": statistics.median(record["fanout"]),
+            "last_client_us": statistics.median(record["last"]),
+            "first_client_us": statistics.median(record["first"]),
+            "fanout_us_rounds": record["fanout"],
+            "last_client_us_rounds": record["last"],
+            "method": record["method"],
+            "client_cpu_ms_per_round": record["client_cpu"] * 1e3 / rounds,
+            "server_cpu_ms_per_round": record["server_cpu"] * 1e3 / rounds,
+            "cpu": {
+                "wall_s": t_wall,
+                "other_cpu_util": other_s / t_wall if t_wall else 0.0,
+                "steal_util": steal_s / t_wall if t_wall else 0.0,
+            },
+        }
+    return out
 
 
 async def scenario_broadcast(params: dict[str, Any], url: str, pid: int, floor: bool) -> dict[str, Any]:
@@ -599,22 +635,151 @@ async def scenario_broadcast(params: dict[str, Any], url: str, pid: int, floor: 
     open_s = perf_counter() - t0
     await wait_count(control, n)
     await asyncio.sleep(0.5)
-    result = await broadcast_rounds(control, state, "BROADCAST", n, rounds, warmup, pid)
+    # ours also runs the bare sock.send() floor and its pure-Python broadcast path, interleaved with it.
+    commands = ["BROADCAST", "FLOOR", "BROADCAST_PY"] if floor else ["BROADCAST"]
+    results = await broadcast_rounds(control, state, commands, n, rounds, warmup, pid)
+    result = results["BROADCAST"]
     metrics = {"fanout_us": result["fanout_us"], "last_client_us": result["last_client_us"]}
     extra: dict[str, Any] = {"connections": len(keep), "open_per_s": n / open_s, "broadcast": result}
     if floor:
-        floor_result = await broadcast_rounds(control, state, "FLOOR", n, rounds, warmup, pid)
-        metrics["floor_fanout_us"] = floor_result["fanout_us"]
-        metrics["floor_last_client_us"] = floor_result["last_client_us"]
-        extra["floor"] = floor_result
+        metrics["floor_fanout_us"] = results["FLOOR"]["fanout_us"]
+        metrics["floor_last_client_us"] = results["FLOOR"]["last_client_us"]
+        metrics["python_fanout_us"] = results["BROADCAST_PY"]["fanout_us"]
+        metrics["python_last_client_us"] = results["BROADCAST_PY"]["last_client_us"]
+        extra["floor"] = results["FLOOR"]
+        extra["python"] = results["BROADCAST_PY"]
     cpu = {k: v for k, v in result["cpu"].items() if k in ("other_cpu_util", "steal_util", "wall_s")}
     return {"metrics": metrics, "cpu": cpu, "extra": extra}
 
 
+class ChurnProtocol(asyncio.Protocol):
+    """One short-lived connection of scenario 10, on a bare asyncio protocol (cheaper than a WebSocket client).
+
+    Sends the upgrade request; checks the 101 and its ``Sec-WebSocket-Accept``;
+    sends one masked 64 B binary frame and checks the echo byte for byte;
+    sends a Close (1000), checks the server's Close (1000) and then ends TCP.
+    """
+
+    def __init__(self, request: bytes, accept: bytes, frame: bytes, echo: bytes, close: bytes) -> None:
+        self.request, self.accept, self.frame, self.echo, self.close = request, accept, frame, echo, close
+        self.buf = b""
+        self.stage = 0  # 0: waiting for the 101, 1: for the echo, 2: for the server's Close, 3: done
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def _fail(self, why: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(BenchError(why))
+        self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        if self.stage == 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            head, buf = buf[: end + 4], buf[end + 4 :]
+            if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
+                self._fail(f"bad upgrade response {head[:200]!r}")
+                return
+            self.stage = 1
+            self.transport.write(self.frame)
+        if self.stage == 1:
+            if len(buf) < len(self.echo):
+                self.buf = buf
+                return
+            if buf[: len(self.echo)] != self.echo:
+                self._fail("the churn echo differs from what was sent")
+                return
+            buf = buf[len(self.echo) :]
+            self.stage = 2
+            self.transport.write(self.close)
+        if self.stage == 2:
+            if len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
+                self.buf = buf
+                return
+            if buf[0] != 0x88 or buf[1] & 0x7F < 2 or buf[2:4] != b"\x03\xe8":
+                self._fail(f"expected the server's Close 1000, got {buf[:16]!r}")
+                return
+            self.stage = 3
+            self.buf = b""
+            self.transport.close()  # both Close frames exchanged: end TCP
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        if self.done.done():
+            return
+        if self.stage == 3:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(BenchError(f"disconnected at stage {self.stage}: {exc!r}"))
+
+
+def churn_request(host: str, port: int) -> tuple[bytes, bytes]:
+    """An upgrade request with a fresh key, and the ``Sec-WebSocket-Accept`` value it must be answered with."""
+    key = base64.b64encode(os.urandom(16))
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    request = (
+        b"GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host.encode(), port, key)
+    )
+    return request, accept
+
+
+async def churn_one(host: str, port: int, frame: bytes, echo: bytes, close: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    request, accept = churn_request(host, port)
+    transport, protocol = await loop.create_connection(
+        lambda: ChurnProtocol(request, accept, frame, echo, close), host, port
+    )
+    try:
+        await asyncio.wait_for(protocol.done, REPLY_TIMEOUT)
+    finally:
+        transport.abort()
+
+
+async def scenario_churn(params: dict[str, Any], host: str, port: int, pid: int) -> dict[str, Any]:
+    """``parallel`` workers open, echo once on and cleanly close connections until ``count`` are done."""
+    payload = binary_payload(params["size"])
+    frame = build_frame(0x2, payload, mask_key())
+    echo = bytes([0x82, len(payload)]) + payload  # what the server must send back (unmasked)
+    close = build_frame(0x8, b"\x03\xe8", mask_key())
+    parallel = params["parallel"]
+
+    async def phase(total: int) -> float:
+        left = [total]
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                await churn_one(host, port, frame, echo, close)
+
+        t0 = perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(parallel))), PHASE_TIMEOUT)
+        return perf_counter() - t0
+
+    await phase(params["warmup"])
+    meter = CpuMeter(pid)
+    meter.start()
+    elapsed = await phase(params["count"])
+    cpu = meter.stop()
+    return {
+        "metrics": {"handshakes_per_s": params["count"] / elapsed},
+        "cpu": cpu,
+        "extra": {"connections": params["count"], "parallel": parallel, "elapsed_s": elapsed},
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     params = scaled(args.scenario, args.quick, args.connections)
-    url = f"ws://{args.host}:{args.port}/"
+    url = f"{'wss' if params.get('tls') else 'ws'}://{args.host}:{args.port}/"
     kind = params["kind"]
+    if kind == "churn":
+        return await scenario_churn(params, args.host, args.port, args.server_pid)
     if kind == "pipeline":
         return await scenario_pipeline(args.scenario, params, url, args.server_pid)
     if kind == "deflate":
@@ -629,12 +794,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server-pid", type=int, required=True)
-    parser.add_argument("--scenario", type=int, choices=range(1, 8), required=True)
+    parser.add_argument("--scenario", type=int, choices=range(1, 11), required=True)
+    parser.add_argument("--tls", metavar="DIR", help="wss:// scenarios: trust DIR/ca.pem")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--floor", action="store_true", help="scenario 6: also measure the FLOOR command")
     parser.add_argument("--connections", type=int, default=None, help="scenarios 5-6: fewer connections (fd limit)")
     args = parser.parse_args()
     soft, hard = raise_nofile_limit()
+    global TLS_CONTEXT
+    if args.tls:
+        TLS_CONTEXT = client_tls_context(args.tls)
     params = scaled(args.scenario, args.quick, args.connections)
     needed = params.get("connections", 0) + params.get("warmup_connections", 0) + 64
     try:

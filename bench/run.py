@@ -43,9 +43,11 @@ from scenarios import (  # noqa: E402
     INFO_METRICS,
     METRICS,
     NOT_APPLICABLE,
+    ONLY_SCENARIOS,
     SCENARIOS,
     SERVER_LABELS,
     SERVERS,
+    make_tls_files,
     raise_nofile_limit,
     scaled,
     system_cpu,
@@ -100,24 +102,42 @@ def nice_plan(wanted: int) -> tuple[int, str]:
     return wanted, f"server and load generator at nice {wanted}"
 
 
-def child_env() -> dict[str, str]:
+def child_env(root: str = ROOT, stdlib_zlib: bool = False) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("TORNADO_WEBSOCKET_STDLIB_ZLIB", None)
+    if stdlib_zlib:
+        env["TORNADO_WEBSOCKET_STDLIB_ZLIB"] = "1"
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+#: Where the wss:// scenarios' certificates are written (a fresh trustme CA per run).
+TLS_DIR = os.path.join(RESULTS_DIR, "logs", "tls")
+#: Event loop of the servers (set by main() from --loop).
+SERVER_LOOP = "asyncio"
+#: ``--before TREE``: the "before" server is ours, imported from TREE (an older checkout) in the same run.
+BEFORE_TREE: Optional[str] = None
 
 
 class Server:
     """One server subprocess; ``port`` once it printed ``PORT <n>``."""
 
-    def __init__(self, kind: str, cpu: Optional[int], log: IO[bytes], compress: bool = False) -> None:
+    def __init__(
+        self, kind: str, cpu: Optional[int], log: IO[bytes], compress: bool = False, tls: bool = False
+    ) -> None:
         self.kind = kind
+        args = ["--kind", "ours" if kind in ("before", "ours-zlib") else kind, "--loop", SERVER_LOOP]
+        if compress:
+            args.append("--compress")
+        if tls:
+            args += ["--tls", TLS_DIR]
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "servers.py"), "--kind", kind] + (["--compress"] if compress else []),
+            [sys.executable, os.path.join(HERE, "servers.py"), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=ROOT,
-            env=child_env(),
+            env=child_env(BEFORE_TREE if kind == "before" and BEFORE_TREE else ROOT, stdlib_zlib=kind == "ours-zlib"),
             preexec_fn=child_setup(cpu),
         )
         self.port = self._read_port()
@@ -170,6 +190,8 @@ def run_loadgen(
         cmd.append("--quick")
     if scenario == 6 and server.kind == "ours":
         cmd.append("--floor")
+    if SCENARIOS[scenario].get("tls"):
+        cmd += ["--tls", TLS_DIR]
     if max_connections is not None and scenario in (5, 6):
         cmd += ["--connections", str(max_connections)]
     try:
@@ -317,7 +339,7 @@ class Measurer:
         server: Optional[Server] = None
         try:
             compress = bool(SCENARIOS[scenario].get("compress"))
-            server = Server(kind, self.server_cpu, self.log, compress)
+            server = Server(kind, self.server_cpu, self.log, compress, bool(SCENARIOS[scenario].get("tls")))
             result = run_loadgen(server, scenario, self.args.quick, self.loadgen_cpu, self.log, self.max_connections)
         except (RuntimeError, OSError) as exc:
             result = {"ok": False, "error": str(exc)}
@@ -412,7 +434,7 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]], servers: list[st
                     entry[key] = statistics.median(found)
             entry["noisy_runs"] = sum(1 for c in cpus if is_noisy(c))
             if row["scenario"] == 6:
-                part = "floor" if row["floor"] else "broadcast"
+                part = ("python" if row["key"].startswith("python_") else "floor") if row["floor"] else "broadcast"
                 details = [r["extra"][part] for r in good if part in r.get("extra", {})]
                 if details:
                     entry["server_cpu_ms_per_round"] = statistics.median(d["server_cpu_ms_per_round"] for d in details)
@@ -444,7 +466,7 @@ def limited_by(row: dict[str, Any], entry: dict[str, Any]) -> str:
     """Which side ran out of CPU: the server, the load generator, both, or neither (waiting on round trips)."""
     if row["key"] in INFO_METRICS:
         return ""
-    if SCENARIOS[row["scenario"]]["kind"] in ("pipeline", "deflate"):
+    if SCENARIOS[row["scenario"]]["kind"] in ("pipeline", "deflate", "churn"):
         server = entry.get("server_cpu_util", 0.0) >= BUSY
         client = entry.get("client_cpu_util", 0.0) >= BUSY
         if server and client:
@@ -572,7 +594,16 @@ def main() -> int:
         default=",".join(str(n) for n in SCENARIOS),
         help=f"comma-separated scenario numbers (1-{max(SCENARIOS)})",
     )
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from {','.join(SERVERS)}")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"comma-separated, from {','.join(SERVERS)} (and before)"
+    )
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the servers' event loop")
+    parser.add_argument(
+        "--before",
+        metavar="TREE",
+        default=None,
+        help="also run our server imported from TREE (an older checkout) as server 'before', side by side",
+    )
     parser.add_argument(
         "--repeat", type=int, default=None, help="repetitions per measurement (default 3; 1 with --quick)"
     )
@@ -618,7 +649,17 @@ def main() -> int:
     args = parser.parse_args()
 
     scenarios = [int(s) for s in parse_list(args.scenarios, [str(n) for n in SCENARIOS], "scenario")]
-    servers = parse_list(args.servers, SERVERS, "server")
+    global SERVER_LOOP, BEFORE_TREE
+    SERVER_LOOP = args.loop
+    known = SERVERS + (["before"] if args.before else [])
+    servers = parse_list(args.servers, known, "server")
+    if args.before:
+        BEFORE_TREE = os.path.abspath(args.before)
+        SERVER_LABELS["before"] = f"ours before ({os.path.basename(BEFORE_TREE)})"
+        if "before" not in servers:
+            servers.insert(1, "before")
+    if any(SCENARIOS[s].get("tls") for s in scenarios):
+        make_tls_files(TLS_DIR)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     if repeat < 1:
         raise SystemExit("--repeat must be at least 1")
@@ -649,7 +690,7 @@ def main() -> int:
     started = time.monotonic()
     with pm_qos(not args.no_pm_qos) as qos_text, open(log_path, "ab") as log:
         print(f"python {platform.python_version()} on {cpu_model()}, {os.cpu_count()} CPUs; {pin_text}; {nice_text}")
-        print(f"PM QoS: {qos_text}; RLIMIT_NOFILE soft {soft} hard {hard} (need ~{needed})")
+        print(f"PM QoS: {qos_text}; RLIMIT_NOFILE soft {soft} hard {hard} (need ~{needed}); servers on {SERVER_LOOP}")
         if max_connections is not None:
             print(
                 f"warning: RLIMIT_NOFILE {soft} (hard {hard}) is below {needed}: scenarios 5 and 6 use "
@@ -665,6 +706,8 @@ def main() -> int:
             for rep in range(repeat):
                 for server_kind in servers:
                     for scenario in scenarios:
+                        if server_kind in ONLY_SCENARIOS and scenario not in ONLY_SCENARIOS[server_kind]:
+                            continue
                         reason = NOT_APPLICABLE.get(scenario, {}).get(server_kind)
                         if reason is not None:
                             print(f"[{rep + 1}/{repeat}] {server_kind:<10} scenario {scenario}: n/a ({reason})")
@@ -685,6 +728,8 @@ def main() -> int:
         "quick": args.quick,
         "repeat": repeat,
         "servers": servers,
+        "server_loop": SERVER_LOOP,
+        "before_tree": BEFORE_TREE,
         "scenarios": scenarios,
         "seconds": elapsed,
         "machine": {

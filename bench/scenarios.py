@@ -19,11 +19,12 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 BROADCAST_PAYLOAD = bytes(range(128))
 
 #: Every server kind run.py knows, in table order; "tornado" is the baseline for ratios.
-SERVERS = ["ours", "tornado", "websockets", "aiohttp", "picows"]
+SERVERS = ["ours", "ours-zlib", "tornado", "websockets", "aiohttp", "picows"]
 BASELINE = "tornado"
 
 SERVER_LABELS = {
     "ours": "tornado_websocket",
+    "ours-zlib": "tornado_websocket, stdlib zlib",
     "tornado": "tornado.websocket",
     "websockets": "websockets",
     "aiohttp": "aiohttp",
@@ -94,11 +95,45 @@ SCENARIOS: dict[int, dict[str, Any]] = {
         "pool": 512,
         "compress": True,
     },
+    8: {
+        "title": "wss:// 64 B binary echo, 100 in flight",
+        "kind": "pipeline",
+        "size": 64,
+        "text": False,
+        "window": 100,
+        "count": 100_000,
+        "warmup": 5_000,
+        "tls": True,
+    },
+    9: {
+        "title": "wss:// 1 MiB binary echo, 4 in flight",
+        "kind": "pipeline",
+        "size": 1024 * 1024,
+        "text": False,
+        "window": 4,
+        "count": 400,
+        "warmup": 20,
+        "tls": True,
+    },
+    10: {
+        "title": "connection churn: connect, handshake, one 64 B echo, clean close; 10 clients in parallel",
+        "kind": "churn",
+        "size": 64,
+        "parallel": 10,
+        "count": 3_000,
+        "warmup": 200,
+    },
 }
 
 #: Servers a scenario cannot run on, and why (shown as "n/a" in the table).
 NOT_APPLICABLE: dict[int, dict[str, str]] = {
     7: {"picows": "no permessage-deflate in picows"},
+}
+
+#: Servers that run only some scenarios (elsewhere they would repeat another server's row).
+ONLY_SCENARIOS: dict[str, set[int]] = {
+    # ours with TORNADO_WEBSOCKET_STDLIB_ZLIB=1: differs from "ours" only where deflate runs.
+    "ours-zlib": {7},
 }
 
 QUICK_DIVISOR = 10
@@ -114,6 +149,9 @@ METRICS: list[tuple[str, int, str, str, bool]] = [
     ("last_client_us", 6, "6  broadcast until the last client has it", "us", False),
     ("msgs_per_s", 7, "7  4 KiB JSON echo, deflate, 20 in flight", "msg/s", True),
     ("echo_compression", 7, "7  deflate: echoes' payload / wire bytes", "x", True),
+    ("msgs_per_s", 8, "8  wss:// 64 B binary echo, 100 in flight", "msg/s", True),
+    ("mb_per_s", 9, "9  wss:// 1 MiB binary echo, 4 in flight", "MB/s", True),
+    ("handshakes_per_s", 10, "10 connection churn (connect+echo+close)", "handshakes/s", True),
 ]
 
 #: Rows that describe a measurement above them rather than a speed (no CPU / "limited by" columns).
@@ -122,7 +160,9 @@ INFO_METRICS = {"echo_compression"}
 #: Extra rows for scenario 6 measured only on our server (bare sock.send loop).
 FLOOR_METRICS: list[tuple[str, str, str]] = [
     ("floor_fanout_us", "fanout_us", "floor: bare sock.send() loop"),
+    ("python_fanout_us", "fanout_us", "pure-Python broadcast path"),
     ("floor_last_client_us", "last_client_us", "floor: bare sock.send() loop"),
+    ("python_last_client_us", "last_client_us", "pure-Python broadcast path"),
 ]
 
 
@@ -258,6 +298,39 @@ def json_payload(index: int, size: int = 4096) -> bytes:
     data = _dump_json(batch)
     assert len(data) == size
     return data
+
+
+#: TLS scenarios (8, 9): TLS 1.3 only, so every library negotiates the same cipher suite with the same OpenSSL.
+TLS_CA_FILE = "ca.pem"
+TLS_CERT_FILE = "server.pem"  # certificate chain and private key
+
+
+def make_tls_files(directory: str) -> None:
+    """Write a trustme CA (``ca.pem``) and a certificate for 127.0.0.1 signed by it (``server.pem``)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    os.makedirs(directory, exist_ok=True)
+    ca.cert_pem.write_to_path(os.path.join(directory, TLS_CA_FILE))
+    cert.private_key_and_cert_chain_pem.write_to_path(os.path.join(directory, TLS_CERT_FILE))
+
+
+def server_tls_context(directory: str) -> Any:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(os.path.join(directory, TLS_CERT_FILE))
+    return context
+
+
+def client_tls_context(directory: str) -> Any:
+    import ssl
+
+    context = ssl.create_default_context(cafile=os.path.join(directory, TLS_CA_FILE))
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_3
+    return context
 
 
 def binary_payload(size: int) -> bytes:

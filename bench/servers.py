@@ -19,7 +19,8 @@ prints ``PORT <n>`` on stdout and serves until killed:
     is measured against. Other kinds answer ``unsupported``.
 
 Every kind accepts messages of up to 16 MiB, runs on the stock asyncio
-event loop and has keepalive pings off. Compression is off unless
+event loop (``--loop uvloop``: on uvloop) and has keepalive pings off;
+``--tls DIR`` serves wss:// with the certificate in DIR (TLS 1.3 only). Compression is off unless
 ``--compress`` is given (scenario 7): then the echo endpoint accepts
 permessage-deflate with each library's default settings (ours and
 tornado: ``get_compression_options()`` returns ``{}``; websockets:
@@ -44,7 +45,7 @@ from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from scenarios import BROADCAST_PAYLOAD, MAX_MESSAGE_SIZE, raise_nofile_limit  # noqa: E402
+from scenarios import BROADCAST_PAYLOAD, MAX_MESSAGE_SIZE, raise_nofile_limit, server_tls_context  # noqa: E402
 
 KINDS = ("ours", "tornado", "websockets", "aiohttp", "picows")
 
@@ -85,7 +86,7 @@ def find_broadcast(module: types.ModuleType) -> Optional[Callable[..., Any]]:
     return candidate if callable(candidate) else None
 
 
-async def serve_tornado_family(kind: str, sock: socket.socket, compress: bool) -> None:
+async def serve_tornado_family(kind: str, sock: socket.socket, compress: bool, tls: Any) -> None:
     import tornado.httpserver
     import tornado.web
 
@@ -166,12 +167,27 @@ async def serve_tornado_family(kind: str, sock: socket.socket, compress: bool) -
         us = (time.perf_counter() - t0) * 1e6
         return f"{us:.1f} sock.send-loop short={short}"
 
+    def python_broadcast() -> str:
+        """ours: broadcast() with the C send loop turned off (the pure-Python path, as without the extension)."""
+        if kind != "ours" or library_broadcast is None:
+            return "unsupported"
+        import tornado_websocket.connection as connection_module
+
+        saved = connection_module._send_frame_to_all
+        connection_module._send_frame_to_all = None
+        try:
+            return broadcast().replace("broadcast()", "broadcast(), Python path")
+        finally:
+            connection_module._send_frame_to_all = saved
+
     class ControlHandler(base):  # type: ignore[misc, valid-type]
         def on_message(self, m: Any) -> None:
             if m == "COUNT":
                 self.write_message(str(len(clients)))
             elif m == "BROADCAST":
                 self.write_message(broadcast())
+            elif m == "BROADCAST_PY":
+                self.write_message(python_broadcast())
             elif m == "FLOOR":
                 self.write_message(floor())
             else:
@@ -181,7 +197,7 @@ async def serve_tornado_family(kind: str, sock: socket.socket, compress: bool) -
         [(r"/", EchoHandler), (r"/control", ControlHandler)],
         websocket_max_message_size=MAX_MESSAGE_SIZE,
     )
-    server = tornado.httpserver.HTTPServer(app)
+    server = tornado.httpserver.HTTPServer(app, ssl_options=tls)
     server.add_socket(sock)
     announce(sock)
     await wait_for_signal()
@@ -190,7 +206,7 @@ async def serve_tornado_family(kind: str, sock: socket.socket, compress: bool) -
 # -- websockets -----------------------------------------------------------
 
 
-async def serve_websockets(sock: socket.socket, compress: bool) -> None:
+async def serve_websockets(sock: socket.socket, compress: bool, tls: Any) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
     from websockets.exceptions import ConnectionClosed
 
@@ -229,6 +245,7 @@ async def serve_websockets(sock: socket.socket, compress: bool) -> None:
         compression="deflate" if compress else None,
         ping_interval=None,
         backlog=4096,
+        ssl=tls,
     ):
         announce(sock)
         await wait_for_signal()
@@ -237,7 +254,7 @@ async def serve_websockets(sock: socket.socket, compress: bool) -> None:
 # -- aiohttp --------------------------------------------------------------
 
 
-async def serve_aiohttp(sock: socket.socket, compress: bool) -> None:
+async def serve_aiohttp(sock: socket.socket, compress: bool, tls: Any) -> None:
     from aiohttp import WSMsgType, web
 
     clients: set[web.WebSocketResponse] = set()
@@ -288,7 +305,7 @@ async def serve_aiohttp(sock: socket.socket, compress: bool) -> None:
     app.router.add_get("/control", control)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.SockSite(runner, sock, backlog=4096)
+    site = web.SockSite(runner, sock, backlog=4096, ssl_context=tls)
     await site.start()
     announce(sock)
     try:
@@ -300,7 +317,7 @@ async def serve_aiohttp(sock: socket.socket, compress: bool) -> None:
 # -- picows ---------------------------------------------------------------
 
 
-async def serve_picows(sock: socket.socket) -> None:
+async def serve_picows(sock: socket.socket, tls: Any) -> None:
     from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
     clients: set[WSTransport] = set()
@@ -355,6 +372,7 @@ async def serve_picows(sock: socket.socket) -> None:
         max_frame_size=MAX_MESSAGE_SIZE,
         websocket_handshake_timeout=30,
         backlog=4096,
+        ssl=tls,
     )
     announce(sock)
     try:
@@ -381,18 +399,19 @@ async def wait_for_signal() -> None:
         print(f"servers.py: exiting after {LIFETIME:.0f} s", file=sys.stderr)
 
 
-async def main(kind: str, host: str, compress: bool) -> None:
+async def main(kind: str, host: str, compress: bool, tls_dir: Optional[str]) -> None:
     if compress and kind == "picows":
         raise SystemExit("servers.py: picows has no permessage-deflate (--compress)")
     sock = listen_socket(host)
+    tls = server_tls_context(tls_dir) if tls_dir else None
     if kind in ("ours", "tornado"):
-        await serve_tornado_family(kind, sock, compress)
+        await serve_tornado_family(kind, sock, compress, tls)
     elif kind == "websockets":
-        await serve_websockets(sock, compress)
+        await serve_websockets(sock, compress, tls)
     elif kind == "aiohttp":
-        await serve_aiohttp(sock, compress)
+        await serve_aiohttp(sock, compress, tls)
     elif kind == "picows":
-        await serve_picows(sock)
+        await serve_picows(sock, tls)
     else:
         raise SystemExit(f"unknown kind {kind!r}")
 
@@ -403,8 +422,15 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--lifetime", type=float, default=LIFETIME, help="exit after this many seconds")
     parser.add_argument("--compress", action="store_true", help="accept permessage-deflate on / (library defaults)")
+    parser.add_argument("--tls", metavar="DIR", help="serve wss:// with DIR/server.pem (TLS 1.3 only)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (default asyncio)")
     args = parser.parse_args()
     LIFETIME = args.lifetime
     raise_nofile_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(main(args.kind, args.host, args.compress))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(args.kind, args.host, args.compress, args.tls))
+    else:
+        asyncio.run(main(args.kind, args.host, args.compress, args.tls))

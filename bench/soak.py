@@ -9,6 +9,13 @@
   the first load process) exchange messages continuously: send
   ``--size`` bytes, wait for the echo, check it, wait ``--interval`` s, again.
 
+``--storm``: after the hold, every connection drops (TCP closed, no Close
+frame) and reconnects at once; it reports the seconds until all are back
+and the server holds as many sockets as before, and fails if one did not
+come back. ``--connections`` above the file-descriptor limit (the hard
+``RLIMIT_NOFILE``, which an unprivileged process cannot raise) is cut to
+the most the limit allows, and says so.
+
 It reports the server's RSS (``/proc/<pid>/status``) at start, after every
 connection is up, at its peak and at the end of the hold; the server's RSS
 per connection; how many connections failed or dropped; and the round-trip
@@ -38,6 +45,7 @@ CONNECT_CONCURRENCY = 200  # handshakes in flight per load process
 CONNECT_TIMEOUT = 180.0  # the whole connect phase of one load process
 REPLY_TIMEOUT = 10.0  # one echo
 EXIT_TIMEOUT = 60.0  # closing every connection at the end
+SERVER_FD_MARGIN = 300  # the server's own files, listening sockets, and old sockets still closing in a storm
 
 
 def raise_nofile_limit() -> int:
@@ -229,6 +237,32 @@ async def run_load(args: argparse.Namespace) -> None:
 
     line = await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), EXIT_TIMEOUT * 4)
     holding = False
+    if line.strip() == "STORM":
+        # A reconnect storm: every connection drops (TCP closed, no Close frame, as when a deploy cuts them)
+        # and comes straight back, CONNECT_CONCURRENCY handshakes in flight at a time.
+        wanted = len(conns)
+        t_storm = time.monotonic()
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.disconnect()
+        await asyncio.wait_for(
+            asyncio.gather(*(c.transport.wait_disconnected() for c in conns if c.transport is not None)),
+            EXIT_TIMEOUT,
+        )
+        dropped_s = time.monotonic() - t_storm
+        conns.clear()
+        failed = 0
+        first_error = ""
+        await asyncio.wait_for(asyncio.gather(*(connect_one() for _ in range(wanted))), CONNECT_TIMEOUT)
+        storm = {
+            "ok": len(conns),
+            "failed": failed,
+            "error": first_error,
+            "seconds": time.monotonic() - t_storm,
+            "drop_seconds": dropped_s,
+        }
+        print(f"STORMED {json.dumps(storm)}", flush=True)
+        line = await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), EXIT_TIMEOUT * 4)
     for conn in conns:
         if conn.transport is not None:
             conn.transport.disconnect()
@@ -264,6 +298,17 @@ def mib(kib: float) -> str:
 
 def drive(args: argparse.Namespace) -> int:
     soft = raise_nofile_limit()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    most = soft - SERVER_FD_MARGIN
+    if args.connections > most:
+        # The server holds one socket per connection, and its fd limit cannot go past the hard limit.
+        print(
+            f"soak: RLIMIT_NOFILE hard limit is {hard} here (raising it needs CAP_SYS_RESOURCE outside this "
+            f"process's reach): the server can hold at most {most} connections; measuring {most} instead of "
+            f"{args.connections}",
+            flush=True,
+        )
+        args.connections = most
     per_proc = -(-args.connections // args.procs)
     if per_proc + 100 > soft:
         raise SystemExit(f"{per_proc} connections per load process need more than RLIMIT_NOFILE {soft}: raise --procs")
@@ -345,6 +390,29 @@ def drive(args: argparse.Namespace) -> int:
         cpu_hold = cpu_seconds(server.pid) - cpu_before
         hold_s = time.monotonic() - hold_started
 
+        storm: Optional[dict[str, Any]] = None
+        if args.storm:
+            storm_started = time.monotonic()
+            for p in loads:
+                assert p.stdin is not None
+                p.stdin.write("STORM\n")
+                p.stdin.flush()
+            stormed = [json.loads(read_tagged(p, "STORMED", CONNECT_TIMEOUT + EXIT_TIMEOUT + 30)) for p in loads]
+            back_s = time.monotonic() - storm_started
+            # The server has all of them back once it holds as many sockets as before (the old ones closed).
+            settle_deadline = time.monotonic() + 60
+            while socket_fds(server.pid) - sockets_start != sockets_connected and time.monotonic() < settle_deadline:
+                time.sleep(0.05)
+            storm = {
+                "ok": sum(s["ok"] for s in stormed),
+                "failed": sum(s["failed"] for s in stormed),
+                "error": next((s["error"] for s in stormed if s["error"]), ""),
+                "back_s": back_s,
+                "drop_s": max(s["drop_seconds"] for s in stormed),
+                "server_settled_s": time.monotonic() - storm_started,
+                "server_sockets": socket_fds(server.pid) - sockets_start,
+                "rss_kib": rss_kib(server.pid),
+            }
         for p in loads:
             assert p.stdin is not None
             p.stdin.write("EXIT\n")
@@ -400,6 +468,14 @@ def drive(args: argparse.Namespace) -> int:
         f"p99 {ms(active['p99_ms'])}  max {ms(active['max_ms'])}"
     )
     healthy = failed == 0 and dropped == 0 and errors == 0 and still_open == ok == args.connections
+    if storm is not None:
+        print(
+            f"storm:          all {args.connections} dropped and reconnected: {storm['ok']} back, "
+            f"{storm['failed']} failed, in {storm['back_s']:.1f} s (drops took {storm['drop_s']:.1f} s); "
+            f"server holds {storm['server_sockets']} sockets after {storm['server_settled_s']:.1f} s, "
+            f"RSS {mib(storm['rss_kib'])}" + (f" (first error: {storm['error']})" if storm["failed"] else "")
+        )
+        healthy = healthy and storm["failed"] == 0 and storm["ok"] == args.connections
     print("result:         " + ("OK" if healthy else "FAILED"))
     return 0 if healthy else 1
 
@@ -413,6 +489,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.01, help="pause of an active connection between echoes")
     parser.add_argument("--size", type=int, default=64, help="bytes per message (at least 12)")
     parser.add_argument("--ping-interval", type=float, default=20.0, help="server keepalive pings (0: off)")
+    parser.add_argument(
+        "--storm", action="store_true", help="after the hold: drop every connection, time until all are back"
+    )
     parser.add_argument("--role", choices=("driver", "server", "load"), default="driver", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--source", default=HOST, help=argparse.SUPPRESS)

@@ -327,3 +327,64 @@ async def test_a_slow_reader_gets_everything_in_order(harness, peers):
     for payload in big:
         expected = frame(OP_BINARY, payload)
         assert await bounded(client.reader.readexactly(len(expected)), TIMEOUT) == expected
+
+
+# -- the C fan-out loop (_speedups.send_frame_to_all) and the Python path beside it ------------------
+
+
+async def test_send_frame_to_all_reports_what_each_socket_did_not_take():
+    import errno
+    import socket
+
+    speedups = pytest.importorskip("tornado_websocket._speedups")
+    a, b = socket.socketpair()
+    full_a, full_b = socket.socketpair()
+    gone_a, gone_b = socket.socketpair()
+    try:
+        full_a.setblocking(False)
+        while True:  # fill full_a's buffers: the C loop must not block on it
+            try:
+                full_a.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+        gone_b.close()
+        frame = b"\x82\x03abc"
+        short = speedups.send_frame_to_all([a.fileno(), full_a.fileno(), gone_a.fileno()], frame)
+        assert short == [(1, 0), (2, -errno.EPIPE)]  # and no SIGPIPE killed us
+        assert b.recv(16) == frame
+        with pytest.raises(ValueError):
+            speedups.send_frame_to_all([-1], frame)
+        assert speedups.send_frame_to_all([], frame) == []
+    finally:
+        for sock in (a, b, full_a, full_b, gone_a):
+            sock.close()
+
+
+async def test_plain_server_connections_go_through_the_c_loop_and_the_others_do_not(harness, peers, monkeypatch):
+    from tornado_websocket import connection as connection_module
+
+    real = connection_module._send_frame_to_all
+    if real is None:
+        pytest.skip("no C extension (or TORNADO_WEBSOCKET_NO_SPEEDUPS): the Python path is the only one")
+    calls: list[int] = []
+
+    def spy(fds: list[int], data: bytes) -> list[tuple[int, int]]:
+        calls.append(len(fds))
+        return real(fds, data)
+
+    monkeypatch.setattr(connection_module, "_send_frame_to_all", spy)
+    port = serve(harness, peers)
+    plain = [await harness.raw_ws() for _ in range(3)]
+    deflate = await harness.raw_ws("/deflate", headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+    await peers.wait_open(4)
+    message = b"to all, compressible " * 10
+    assert broadcast(peers.handlers, message, binary=True) == 4
+    assert calls == [3], "the three plain connections in one C call, the compressing one on its own"
+    for client in plain:
+        assert await read_exactly(client, len(frame(OP_BINARY, message))) == frame(OP_BINARY, message)
+    b0, payload = await read_raw_frame(deflate)
+    assert b0 & 0x40  # compressed by its own connection
+    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == message
+    assert port
+    stats = [h.ws_connection.protocol.messages_sent for h in peers.handlers]
+    assert stats == [1, 1, 1, 1]

@@ -1067,7 +1067,7 @@ def wss_url(harness, signal, tls):
 async def test_wss_round_trip_and_clean_close(wss_url, tls, clients, signal):
     _, client_ctx = tls
     conn = await connect(clients, wss_url, ssl_options=client_ctx)
-    assert isinstance(conn.stream, tornado.iostream.SSLIOStream)
+    assert isinstance(conn.stream.socket, ssl.SSLSocket)  # the socket left the IOStream for our TLS transport
     await bounded(conn.write_message("over TLS"))
     assert await bounded(conn.read_message()) == "over TLS"
     big = os.urandom(MiB + 17)

@@ -40,7 +40,7 @@ from tornado_websocket.connection import (
     WebSocketConnection,
 )
 from tornado_websocket.protocol import Protocol, Side
-from tornado_websocket.transport import DetachedStream, StreamTransport
+from tornado_websocket.transport import DetachedStream, TLSTransport
 
 pytestmark = pytest.mark.asyncio
 
@@ -842,7 +842,7 @@ async def test_flushed_inside_a_dispatch_covers_frames_without_a_future(harness,
     assert await bounded(flushed) is None
 
 
-# -- the same driver over TLS (the IOStream stays, behind StreamTransport) ------------------------------------------
+# -- the same driver over TLS (the socket leaves the IOStream for TLSTransport) ---------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -883,8 +883,8 @@ async def test_a_server_close_over_tls_completes_and_ends_tcp(wss, script):
     client = await wss()
     handler = await script.handler()
     conn = handler.ws_connection
-    assert isinstance(conn.transport, StreamTransport)
-    assert conn.stream is conn.transport.stream
+    assert isinstance(conn.transport, TLSTransport)
+    assert conn.stream.socket is conn.transport.socket
     handler.close(1001, "over tls")
     await bounded(conn.wait_closed())
     await bounded(client.wait_closed())

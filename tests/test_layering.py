@@ -41,6 +41,8 @@ ALLOWED_EXTRA = {
     "tornado_websocket._speedups": "the optional C masking function",
     # Tornado's C masking function, used when ours is not built (bytes only; no I/O, no state).
     "tornado.speedups": "Tornado's optional C masking function, the fallback to ours",
+    # zlib-ng's binding (the [fast] extra): the zlib API, faster; deflate.py falls back to zlib (no I/O, no state).
+    "zlib_ng": "the optional faster zlib of permessage-deflate",
 }
 #: Calls whose result is immutable, allowed in module-level bindings (dotted names as written).
 IMMUTABLE_FACTORIES = frozenset(

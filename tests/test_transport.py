@@ -521,6 +521,47 @@ async def test_peer_closing_after_data_while_reading_delivers_the_data_first(env
     assert transport.closed
 
 
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_peer_leaving_while_paused_after_data_delivers_the_data_on_resume_then_ends(env, how):
+    ours, peer = env.pair()
+    sink = Sink()
+    transport = env.transport(ours, sink)  # starts paused
+    send_now(peer, b"last words")
+    arrived(ours, len(b"last words"))
+    await next_turns(3)  # read ahead while paused
+    if how == "close":
+        peer.close()
+    else:
+        reset(peer)
+    await yield_until(lambda: unread(ours) == 0 and not transport._reading, timeout=TIMEOUT)
+    await next_turns(3)
+    assert sink.calls == [], "nothing reaches a paused sink, not even the end"
+    assert not transport.closed
+    transport.resume_reading()
+    assert sink.calls[:1] == [("data", b"last words")], "the bytes read ahead before the end are not dropped"
+    assert transport.closed
+    await sink.until_lost()
+    assert sink.calls == [("data", b"last words"), ("lost",)]
+
+
+async def test_peer_leaving_while_paused_with_the_sink_pausing_again_ends_on_the_next_resume(env):
+    ours, peer = env.pair()
+    sink = Sink()
+    transport = env.transport(ours, sink)
+    send_now(peer, b"first")
+    arrived(ours, 5)
+    await next_turns(3)
+    peer.close()
+    await yield_until(lambda: not transport._reading)
+    sink.on_data = lambda data: transport.pause_reading()
+    transport.resume_reading()
+    assert sink.data == [b"first"] and not transport.closed
+    transport.resume_reading()
+    assert transport.closed
+    await sink.until_lost()
+    assert sink.calls == [("data", b"first"), ("lost",)]
+
+
 async def test_abort_calls_connection_lost_on_a_later_loop_turn_once(env):
     ours, peer = env.pair()
     sink = Sink()

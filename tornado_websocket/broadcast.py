@@ -2,8 +2,9 @@
 
 ``broadcast(connections, message)`` builds the server frame once and hands
 the same bytes to every connection's socket, without a future per
-connection, through the connections' public
-:meth:`~tornado_websocket.connection.WebSocketConnection.send_prepared`.
+connection, through the connection layer's public
+:func:`~tornado_websocket.connection.send_prepared_to_all` (with the C
+extension: one C loop of ``send()`` over the plain-TCP sockets).
 Connections that compress (their deflate context differs) or mask (clients)
 encode the message for themselves.
 """
@@ -15,7 +16,7 @@ from typing import Any, Union
 
 from tornado.escape import json_encode
 
-from tornado_websocket.connection import PreparedMessage, WebSocketConnection
+from tornado_websocket.connection import PreparedMessage, send_prepared_to_all
 
 
 def broadcast(connections: Iterable[Any], message: Union[str, bytes, dict[str, Any]], binary: bool = False) -> int:
@@ -36,12 +37,4 @@ def broadcast(connections: Iterable[Any], message: Union[str, bytes, dict[str, A
         payload = bytes(message)
     else:
         raise TypeError(f"cannot broadcast {type(message).__name__}; send str, bytes or dict")
-    prepared = PreparedMessage(payload, binary)
-    sent = 0
-    for item in connections:
-        connection = item if type(item) is WebSocketConnection else item.ws_connection
-        if connection is None or connection.is_closing():
-            continue
-        connection.send_prepared(prepared)
-        sent += 1
-    return sent
+    return send_prepared_to_all(connections, PreparedMessage(payload, binary))

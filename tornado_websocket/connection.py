@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Iterable, Optional, Union
 from typing import Protocol as TypingProtocol
 
 from tornado import gen
@@ -30,7 +30,7 @@ from tornado_websocket.batching import GATHER_MIN_BYTES, WriteBatch
 from tornado_websocket.buffers import frame_buffers
 from tornado_websocket.closing import CloseHandshake
 from tornado_websocket.errors import WebSocketClosedError
-from tornado_websocket.frames import OP_BINARY, OP_TEXT, CloseCode, encode_frame
+from tornado_websocket.frames import NO_SPEEDUPS, OP_BINARY, OP_TEXT, CloseCode, encode_frame
 from tornado_websocket.handshake import accept_key
 from tornado_websocket.keepalive import Keepalive
 from tornado_websocket.metrics import STATS, log_close
@@ -64,7 +64,17 @@ YIELD_AFTER_EVENTS = 256
 PULL_GRACE = 1.0
 
 _CLOSED = State.CLOSED
+_SERVER = Side.SERVER
 _get_ident = threading.get_ident
+
+try:
+    if NO_SPEEDUPS:
+        raise ImportError("TORNADO_WEBSOCKET_NO_SPEEDUPS is set")
+    from tornado_websocket import _speedups
+
+    _send_frame_to_all: Optional[Callable[[list[int], bytes], list[tuple[int, int]]]] = _speedups.send_frame_to_all
+except ImportError:
+    _send_frame_to_all = None
 
 #: Every connection between ``start()`` and the end of its TCP connection (see :mod:`.shutdown`).
 OPEN_CONNECTIONS: set[WebSocketConnection] = set()
@@ -204,12 +214,14 @@ class WebSocketConnection:
 
     @property
     def stream(self) -> Union[IOStream, DetachedStream]:
-        """Tornado's ``stream``: the IOStream of a TLS connection, else a stand-in for it.
+        """Tornado's ``stream``: a stand-in for the IOStream the socket left, else that IOStream.
 
-        Over plain TCP the socket left the IOStream after the upgrade (see
-        :func:`~tornado_websocket.transport.make_transport`);
+        After the upgrade the socket leaves the IOStream, over plain TCP and
+        over TLS alike (see :func:`~tornado_websocket.transport.make_transport`);
         :class:`~tornado_websocket.transport.DetachedStream` keeps what
-        applications use: ``socket``, ``close()``, ``closed()``, ``set_nodelay()``.
+        applications use: ``socket`` (an ``ssl.SSLSocket`` over TLS, so
+        ``getpeercert()`` works), ``close()``, ``closed()``, ``set_nodelay()``.
+        Where the stream could not be taken over it is returned itself.
         """
         if self._stream is not None:
             return self._stream
@@ -690,6 +702,60 @@ class WebSocketConnection:
     def set_nodelay(self, value: bool) -> None:
         """Set TCP_NODELAY on the socket (see ``IOStream.set_nodelay``)."""
         self.transport.set_nodelay(value)
+
+
+def send_prepared_to_all(connections: Iterable[Any], message: PreparedMessage) -> int:
+    """:meth:`WebSocketConnection.send_prepared` to every connection that is not closing; return how many.
+
+    ``connections`` holds ``WebSocketConnection`` objects, or owners with a
+    ``ws_connection`` attribute (handlers, clients; ``None`` is skipped).
+    With the C extension, the plain-TCP server connections with nothing
+    queued and no batch open get the shared frame from one C loop of
+    ``send()`` calls; a socket that takes only part of it (or fails) gets
+    the rest through its transport, as a ``send_prepared`` would. Every
+    other connection is handed to ``send_prepared``.
+    """
+    send_all = _send_frame_to_all
+    frame = message.frame
+    frame_len = len(frame)
+    payload_len = len(message.payload)
+    direct: list[WebSocketConnection] = []
+    fds: list[int] = []
+    add_direct = direct.append
+    add_fd = fds.append
+    sent = 0
+    for item in connections:
+        connection = item if type(item) is WebSocketConnection else item.ws_connection
+        if connection is None:
+            continue
+        protocol = connection.protocol
+        if protocol.close_sent is not None or protocol.state is _CLOSED:
+            continue
+        sent += 1
+        transport = connection.transport
+        if (
+            send_all is not None
+            and type(transport) is SocketTransport
+            and transport._pending is None
+            and connection._batch is None
+            and protocol.deflate is None
+            and protocol.side is _SERVER
+        ):
+            protocol.messages_sent += 1
+            protocol.message_bytes_sent += payload_len
+            protocol.bytes_sent += frame_len
+            add_direct(connection)
+            add_fd(transport._fd)
+        else:
+            connection.send_prepared(message)
+    if fds:
+        assert send_all is not None
+        for index, taken in send_all(fds, frame):
+            connection = direct[index]
+            # The rest (or all of it, after an error the transport then meets itself) goes the usual way.
+            if connection.transport.write((frame[taken:] if taken > 0 else frame,)) is not None:
+                connection._write_buffer_overflows()
+    return sent
 
 
 #: Tornado's names for the object behind ``ws_connection`` (``isinstance`` checks, ``compute_accept_value``).

@@ -6,17 +6,36 @@ client sends :func:`client_offer` and checks the answer with
 compresses outgoing messages and inflates incoming ones in bounded steps,
 so a small message that would inflate past ``max_message_size`` is stopped
 after allocating no more than the limit.
+
+The deflate library is zlib-ng's Python binding when it is installed
+(``pip install tornado_websocket[fast]``: the same API and the same wire
+format, faster), else the standard library's ``zlib``;
+``TORNADO_WEBSOCKET_STDLIB_ZLIB=1`` forces the standard library's.
+:data:`ZLIB` names the one in use.
 """
 
 from __future__ import annotations
 
-import zlib
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from tornado_websocket.errors import ProtocolError
 from tornado_websocket.frames import CloseCode
 from tornado_websocket.handshake import ExtensionOffer, ExtensionParams, format_extension
+
+#: Set TORNADO_WEBSOCKET_STDLIB_ZLIB=1 to use the standard library's zlib even where zlib-ng is installed.
+STDLIB_ZLIB = bool(os.environ.get("TORNADO_WEBSOCKET_STDLIB_ZLIB"))
+try:
+    if STDLIB_ZLIB:
+        raise ImportError("TORNADO_WEBSOCKET_STDLIB_ZLIB is set")
+    from zlib_ng import zlib_ng as zlib
+except ImportError:
+    import zlib  # type: ignore[no-redef]
+
+#: The deflate library in use: ``"zlib_ng.zlib_ng"`` or ``"zlib"``.
+ZLIB = zlib.__name__
+_ZLIB_ERROR: Any = zlib.error
 
 EXTENSION_NAME = "permessage-deflate"
 _TAIL = b"\x00\x00\xff\xff"
@@ -156,7 +175,7 @@ class PerMessageDeflate:
                 out = decompressor.decompress(data, room + 1)
                 if len(out) > room or decompressor.unconsumed_tail:
                     raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
-        except zlib.error as exc:
+        except _ZLIB_ERROR as exc:
             raise DeflateError(f"compressed message does not inflate: {exc}") from None
         if decompressor.eof:
             # The sender ended the stream with a BFINAL block (RFC 7692 section 7.2.3.4): only

@@ -7,8 +7,11 @@ copies the data twice more before handing it out. For plain TCP,
 :class:`SocketTransport` reads it with ``recv_into`` into one receive
 buffer per thread (or straight into the payload buffer of a large frame),
 and writes with ``send``/``sendmsg``, queueing only what the kernel does
-not take. TLS streams (and event loops without ``add_reader``) keep their
-IOStream behind a :class:`StreamTransport` with the same interface.
+not take. TLS connections are taken over the same way once their handshake
+is done: a :class:`TLSTransport` reads and writes the non-blocking
+``ssl.SSLSocket``. Streams that cannot be taken over (a write or read still
+pending, event loops without ``add_reader``) keep their IOStream behind a
+:class:`StreamTransport` with the same interface.
 
 The transport calls its sink (the connection) with what arrived; the
 sink pauses and resumes reading while user code runs.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 import threading
 from typing import Any, Optional, Protocol, Sequence, Union, cast
 
@@ -26,6 +30,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from tornado_websocket.errors import WebSocketClosedError
+from tornado_websocket.frames import NO_SPEEDUPS
 
 #: Size of the per-thread receive buffer and of IOStream reads.
 READ_CHUNK_SIZE = 256 * 1024
@@ -98,6 +103,7 @@ class SocketTransport:
         "_sent",
         "_waiters",
         "_shutdown_pending",
+        "_eof",
     )
 
     def __init__(
@@ -124,6 +130,7 @@ class SocketTransport:
         # Futures of writes that had to wait, with the _queued count each waits for.
         self._waiters: Optional[collections.deque[tuple[int, asyncio.Future[None]]]] = None
         self._shutdown_pending = False
+        self._eof = False  # the peer ended TCP while paused; _backlog is delivered first
         selector.add_reader(self._fd, self._read_ready)
 
     @property
@@ -139,9 +146,10 @@ class SocketTransport:
 
     # While paused (user code runs, or fairness), up to PAUSED_READ_AHEAD bytes are
     # still read and kept, as the IOStream did: a peer that leaves is noticed at once.
+    # If it leaves after sending, what it sent is still delivered (on resume), then it ends.
 
     def resume_reading(self) -> None:
-        """Deliver what was read ahead while paused, then read on."""
+        """Deliver what was read ahead while paused, then read on (or end, if the peer has left)."""
         if self._closed:
             return
         self._paused = False
@@ -151,6 +159,9 @@ class SocketTransport:
             self.sink.data_received(backlog)
             if self._paused or self._closed:
                 return
+        if self._eof:
+            self.abort()
+            return
         if not self._reading:
             self._reading = True
             self._selector.add_reader(self._fd, self._read_ready)
@@ -162,8 +173,16 @@ class SocketTransport:
         """Readable while paused: keep the bytes (bounded) and notice the end of the connection."""
         buf = _THREAD.receive
         room = PAUSED_READ_AHEAD - (0 if self._backlog is None else len(self._backlog))
-        n = self._recv_into(buf, max(room, 1))
-        if n <= 0:
+        n = self._recv(buf, max(room, 1))
+        if n < 0:
+            return
+        if not n:
+            if self._backlog is None:
+                self.abort()
+            else:  # keep what came before the end: resume_reading delivers it, then ends
+                self._eof = True
+                self._reading = False
+                self._selector.remove_reader(self._fd)
             return
         if self._backlog is None:
             self._backlog = bytearray(buf[:n])
@@ -190,7 +209,7 @@ class SocketTransport:
 
     def _recv_into(self, buf: memoryview, size: int = 0) -> int:
         """``recv_into``: the count, -1 when nothing is there after all, 0 once TCP ended (then aborted)."""
-        try:
+        try:  # the body of _recv, inlined: this is the hot path
             n = self.socket.recv_into(buf, size)
         except (BlockingIOError, InterruptedError):
             return -1
@@ -199,6 +218,15 @@ class SocketTransport:
         if not n:
             self.abort()
         return n
+
+    def _recv(self, buf: memoryview, size: int = 0) -> int:
+        """One ``recv_into`` (``size`` 0: all of ``buf``): the count, -1 when nothing is there, 0 at the end."""
+        try:
+            return self.socket.recv_into(buf, size)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError:
+            return 0  # reset: the same as the peer closing, for us
 
     # -- writing -------------------------------------------------------------
 
@@ -342,6 +370,141 @@ class SocketTransport:
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if value else 0)
             except OSError:
                 pass
+
+
+#: A TLS write of parts that add up to less than this joins them (one record); larger ones go part by part.
+TLS_JOIN_BELOW = 64 * 1024
+
+
+class TLSTransport(SocketTransport):
+    """A TLS connection: the non-blocking ``ssl.SSLSocket`` read and written directly, as :class:`SocketTransport`.
+
+    OpenSSL decrypts a record at a time and may hold decrypted bytes that the
+    selector cannot see, so a read goes on until OpenSSL wants more from the
+    socket (or the buffer is full, and then another read is scheduled).
+    ``SSLWantReadError``/``SSLWantWriteError`` mean "not now", as
+    ``BlockingIOError`` does for TCP. ``shutdown_write`` ends TCP (FIN) without
+    a TLS close_notify, as Tornado's IOStream closing a TLS stream does.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        sock: ssl.SSLSocket,
+        sink: TransportSink,
+        selector: Any,
+        aloop: asyncio.AbstractEventLoop,
+        received: bytes = b"",
+    ) -> None:
+        super().__init__(sock, sink, selector, aloop, received)
+        _speedups_read_ahead(sock)
+        if sock.pending():  # decrypted bytes the IOStream left in OpenSSL
+            aloop.call_soon(self._read_ready)
+
+    def resume_reading(self) -> None:
+        was_paused = self._paused
+        super().resume_reading()
+        if was_paused and not self._paused and not self._closed:
+            # OpenSSL may hold whole records that the read-ahead left (the selector cannot see them).
+            self._aloop.call_soon(self._read_ready)
+
+    def _recv(self, buf: memoryview, size: int = 0) -> int:
+        try:
+            return self.socket.recv_into(buf, size or len(buf))
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return -1
+        except OSError:
+            return 0  # reset, or a TLS error: the end of the connection
+
+    def _read_ahead(self) -> None:
+        """As SocketTransport's, reading on until OpenSSL wants more from the socket (or the bound is reached)."""
+        while self._reading and not self._closed:
+            backlog = self._backlog
+            if backlog is not None and len(backlog) >= PAUSED_READ_AHEAD:
+                return
+            before = 0 if backlog is None else len(backlog)
+            super()._read_ahead()
+            after = 0 if self._backlog is None else len(self._backlog)
+            if after == before:  # OpenSSL wants more from the socket, or the peer has left
+                return
+
+    def _read_ready(self) -> None:
+        if self._closed:
+            return
+        if self._paused:
+            self._read_ahead()
+            return
+        sink = self.sink
+        space = sink.frame_space()
+        buf = _THREAD.receive if space is None else space
+        size = len(buf)
+        got = 0
+        ended = False
+        while got < size:
+            n = self._recv(buf[got:] if got else buf)
+            if n < 0:
+                break
+            if not n:
+                ended = True
+                break
+            got += n
+        if got:
+            if space is None:
+                sink.data_received(buf[:got])
+            else:
+                sink.frame_filled(got)
+        if ended:
+            self.abort()
+        elif got == size and not self._closed:
+            self._aloop.call_soon(self._read_ready)  # OpenSSL may hold more than the buffer took
+
+    def _send_parts(self, parts: Sequence[Buffer]) -> int:
+        """Send ``parts``, runs of small ones joined; the count taken (0 when OpenSSL must wait); OSError on errors.
+
+        After OpenSSL had to wait, it must be given the same bytes again, at
+        least as many: the runs are cut the same way from the same first
+        part, so a retry starts with the same chunk or a longer one.
+        """
+        sock = self.socket
+        sent = 0
+        i = 0
+        count = len(parts)
+        try:
+            while i < count:
+                size = len(parts[i])
+                j = i + 1
+                while j < count and size + len(parts[j]) <= TLS_JOIN_BELOW:
+                    size += len(parts[j])
+                    j += 1
+                n = sock.send(parts[i] if j == i + 1 else b"".join(parts[i:j]))
+                sent += n
+                if n < size:
+                    break
+                i = j
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            pass
+        return sent
+
+    def _shutdown_now(self) -> None:
+        try:
+            # TCP's FIN under TLS: SSLSocket.shutdown would drop the TLS state that reading still needs.
+            socket.socket.shutdown(self.socket, socket.SHUT_WR)
+        except OSError:
+            self.abort()
+
+
+def _no_read_ahead(sock: ssl.SSLSocket) -> bool:
+    """Without the C extension OpenSSL keeps its default (no read-ahead): False."""
+    return False
+
+
+try:
+    if NO_SPEEDUPS:
+        raise ImportError("TORNADO_WEBSOCKET_NO_SPEEDUPS is set")
+    from tornado_websocket._speedups import ssl_read_ahead as _speedups_read_ahead
+except ImportError:
+    _speedups_read_ahead = _no_read_ahead
 
 
 class DetachedStream:
@@ -536,16 +699,17 @@ def _closed_as_websocket(source: asyncio.Future[Any], aloop: asyncio.AbstractEve
     return target
 
 
-Transport = Union[SocketTransport, StreamTransport]
+Transport = Union[SocketTransport, TLSTransport, StreamTransport]
 
 
 def make_transport(stream: IOStream, sink: TransportSink) -> Transport:
     """The transport for an upgraded ``stream``, paused until ``resume_reading()``.
 
-    A plain TCP stream with nothing left to write is taken over: its socket
+    A stream with nothing left to read or write is taken over: its socket
     and the bytes it had read past the handshake leave the IOStream (which
-    must not be used again) for a :class:`SocketTransport`. Otherwise the
-    stream stays, behind a :class:`StreamTransport`.
+    must not be used again) for a :class:`SocketTransport`, or for a
+    :class:`TLSTransport` when it is a TLS stream whose handshake is done.
+    Otherwise the stream stays, behind a :class:`StreamTransport`.
     """
     io_loop = IOLoop.current()
     aloop: asyncio.AbstractEventLoop = io_loop.asyncio_loop  # type: ignore[attr-defined]
@@ -553,8 +717,9 @@ def make_transport(stream: IOStream, sink: TransportSink) -> Transport:
     selector = getattr(io_loop, "selector_loop", aloop)
     buffered = getattr(stream, "_read_buffer_size", None)
     sock = stream.socket
+    tls = isinstance(stream, SSLIOStream)
     if (
-        isinstance(stream, SSLIOStream)
+        (tls and (getattr(stream, "_ssl_accepting", True) or not isinstance(sock, ssl.SSLSocket)))
         or type(buffered) is not int
         or sock is None
         or stream.closed()
@@ -568,4 +733,6 @@ def make_transport(stream: IOStream, sink: TransportSink) -> Transport:
         # Completes at once, from the stream's buffer.
         leftover = cast("asyncio.Future[bytes]", stream.read_bytes(buffered)).result()
     io_loop.remove_handler(sock.fileno())
+    if tls:
+        return TLSTransport(cast(ssl.SSLSocket, sock), sink, selector, aloop, leftover)
     return SocketTransport(sock, sink, selector, aloop, leftover)
