@@ -15,7 +15,7 @@ import os
 import re
 from typing import Optional
 
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, ResponseStartLine, parse_response_start_line
 
 from tornado_websocket.errors import HandshakeError, WebSocketHandshakeError
 
@@ -178,6 +178,21 @@ def client_request_headers(key: str, subprotocols: Optional[list[str]], extensio
     if extensions:
         headers["Sec-WebSocket-Extensions"] = extensions
     return headers
+
+
+def parse_response_head(head: bytes, what: str = "handshake response") -> tuple[ResponseStartLine, HTTPHeaders]:
+    """Parse an HTTP/1.x answer head (the status line and the headers, up to the blank line).
+
+    Serves the client's upgrade answer and a proxy's answer to ``CONNECT``.
+    Raises :class:`WebSocketHandshakeError` with code 599 and a message
+    starting "malformed ``what``" when the head is not HTTP (no status line,
+    a header line without a colon).
+    """
+    first_line, _, rest = head.decode("latin-1").partition("\n")
+    try:
+        return parse_response_start_line(first_line.strip()), HTTPHeaders.parse(rest)
+    except Exception as exc:
+        raise WebSocketHandshakeError(f"malformed {what}: {exc}", 599) from None
 
 
 def validate_response(
