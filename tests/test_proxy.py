@@ -113,6 +113,9 @@ def test_no_proxy(environ: pytest.MonkeyPatch, no_proxy: str, url: str, bypassed
 @pytest.mark.parametrize("no_proxy, url, bypassed", [c for c in NO_PROXY_CASES if c[0] and "::" not in c[0]])
 def test_no_proxy_agrees_with_requests(no_proxy: str, url: str, bypassed: bool) -> None:
     requests_utils = pytest.importorskip("requests.utils")
+    requests_version = tuple(int(part) for part in pytest.importorskip("requests").__version__.split(".")[:2])
+    if (no_proxy, url) == ("example.com", "ws://notexample.com/") and requests_version < (2, 34):
+        pytest.skip("requests before 2.34 (Python 3.9 gets 2.32) matches NO_PROXY by bare suffix (psf/requests#4795)")
     http_url = url.replace("ws://", "http://").replace("wss://", "https://")
     assert requests_utils.should_bypass_proxies(http_url, no_proxy) == bypassed
 
