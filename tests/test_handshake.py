@@ -27,6 +27,7 @@ from tornado_websocket.handshake import (
     format_extension,
     generate_key,
     parse_extension_list,
+    parse_response_head,
     parse_token_list,
     response_headers,
     validate_request,
@@ -313,6 +314,43 @@ def test_405_takes_precedence_over_other_problems():
 
 def test_empty_request_is_400():
     expect_handshake_error("GET", "HTTP/1.1", headers(), 400)
+
+
+# -- parse_response_head (the client's upgrade answer, a proxy's answer to CONNECT) ----------
+
+
+def test_parse_response_head_rfc_example():
+    head = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + RFC_ACCEPT.encode() + b"\r\n\r\n"
+    )
+    status, h = parse_response_head(head)
+    assert (status.version, status.code, status.reason) == ("HTTP/1.1", 101, "Switching Protocols")
+    assert list(h.get_all()) == [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-Websocket-Accept", RFC_ACCEPT),
+    ]
+    assert validate_response(status.code, h, b"", RFC_KEY, None) is None
+
+
+def test_parse_response_head_bare_newlines_repeated_and_latin1_headers():
+    status, h = parse_response_head(b"HTTP/1.0 200 OK\nVia: 1.1 a\nVia: 1.1 b\nX-Name: caf\xe9\n\n")
+    assert (status.version, status.code) == ("HTTP/1.0", 200)
+    assert h.get_list("Via") == ["1.1 a", "1.1 b"]
+    assert h["X-Name"] == "caf\u00e9"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"SSH-2.0-OpenSSH_9.2\r\n\r\n", b"\r\n\r\n", b"HTTP/1.1 abc Nope\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"],
+)
+def test_parse_response_head_not_http_is_599(head):
+    with pytest.raises(WebSocketHandshakeError, match="malformed handshake response: ") as info:
+        parse_response_head(head)
+    assert info.value.code == 599
+    with pytest.raises(WebSocketHandshakeError, match="malformed answer from the proxy to CONNECT: "):
+        parse_response_head(head, "answer from the proxy to CONNECT")
 
 
 # -- validate_response ------------------------------------------------------------

@@ -13,11 +13,12 @@ from typing import Any, Optional
 
 import pytest
 import tornado.httpserver
+import tornado.tcpclient
 import tornado.testing
 import tornado.web
 from conftest import bounded
 from proxy_server import Proxies, proxies_fixture  # noqa: F401  (the fixture)
-from tornado.httputil import HTTPHeaders, parse_response_start_line
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 
 from tornado_websocket import handshake, proxy
@@ -112,6 +113,9 @@ def test_no_proxy(environ: pytest.MonkeyPatch, no_proxy: str, url: str, bypassed
 @pytest.mark.parametrize("no_proxy, url, bypassed", [c for c in NO_PROXY_CASES if c[0] and "::" not in c[0]])
 def test_no_proxy_agrees_with_requests(no_proxy: str, url: str, bypassed: bool) -> None:
     requests_utils = pytest.importorskip("requests.utils")
+    requests_version = tuple(int(part) for part in pytest.importorskip("requests").__version__.split(".")[:2])
+    if (no_proxy, url) == ("example.com", "ws://notexample.com/") and requests_version < (2, 34):
+        pytest.skip("requests before 2.34 (Python 3.9 gets 2.32) matches NO_PROXY by bare suffix (psf/requests#4795)")
     http_url = url.replace("ws://", "http://").replace("wss://", "https://")
     assert requests_utils.should_bypass_proxies(http_url, no_proxy) == bypassed
 
@@ -257,11 +261,9 @@ async def websocket_over(stream: IOStream, url: str, host_header: str) -> Tunnel
     headers = {"Host": host_header, **handshake.client_request_headers(key, None, None)}
     head = "GET /ws HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     await stream.write(head.encode("latin-1"))
-    answer = (await bounded(stream.read_until_regex(b"\r?\n\r?\n", max_bytes=65536))).decode("latin-1")
-    first, _, rest = answer.partition("\n")
-    code = parse_response_start_line(first.strip()).code
-    response_headers = HTTPHeaders.parse(rest)
-    handshake.validate_response(code, response_headers, b"", key, None)
+    head = await bounded(stream.read_until_regex(b"\r?\n\r?\n", max_bytes=65536))
+    status, response_headers = handshake.parse_response_head(head)
+    handshake.validate_response(status.code, response_headers, b"", key, None)
     client = TunnelClient()
     connection = WebSocketConnection(stream, Protocol(Side.CLIENT, None), client, ConnectionOptions.create())
     client._attach(connection)
@@ -415,6 +417,92 @@ async def test_socks5_credentials(harness: Any, proxies: Proxies) -> None:
     )
     with pytest.raises(WebSocketConnectError, match="SOCKS proxy refused"):
         await proxy.open_tunnel("127.0.0.1", port, socks.url("bob", "wrong"), timeout=5)
+
+
+# -- TLS that never completes: the connection is closed, whichever Tornado ---------------------
+
+
+class SilentTLSServer:
+    """Accepts TCP and reads what comes (a ClientHello), never answers; records when each connection ends."""
+
+    def __init__(self) -> None:
+        self.hello = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.received = 0
+        self.server: Optional[asyncio.AbstractServer] = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            self.received += len(data)
+            self.hello.set()
+        self.ended.set()
+        writer.close()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await bounded(self.server.wait_closed())
+
+
+@pytest.mark.asyncio
+async def test_tls_handshake_timeout_closes_the_direct_connection() -> None:
+    silent = SilentTLSServer()
+    async with silent as port:
+        with pytest.raises(WebSocketTimeoutError, match="within 0.3 s"):
+            await bounded(
+                proxy.open_stream(
+                    "localhost", port, ssl_options=ssl.create_default_context(), proxy_url=None, timeout=0.3
+                )
+            )
+        await bounded(silent.ended.wait())  # Tornado < 6.6 alone would leave it open
+    assert silent.received > 0  # the ClientHello arrived: the timeout hit the TLS handshake, not TCP
+
+
+@pytest.mark.asyncio
+async def test_tls_handshake_timeout_closes_the_tunnel(proxies: Proxies) -> None:
+    silent = SilentTLSServer()
+    tinyproxy = proxies.tinyproxy()
+    async with silent as port:
+        with pytest.raises(WebSocketTimeoutError):
+            await bounded(
+                proxy.open_stream(
+                    "localhost", port, ssl_options=ssl.create_default_context(), proxy_url=tinyproxy.url(), timeout=1
+                )
+            )
+        await bounded(silent.ended.wait())  # tinyproxy saw our end and passed it on
+    assert silent.received > 0
+    assert tinyproxy.connect_requests() == [f"CONNECT localhost:{port} HTTP/1.1"]
+
+
+@pytest.mark.asyncio
+async def test_start_tls_cancelled_closes_the_connection() -> None:
+    silent = SilentTLSServer()
+    async with silent as port:
+        stream = await bounded(tornado.tcpclient.TCPClient().connect("127.0.0.1", port))
+        securing = asyncio.ensure_future(proxy.start_tls(stream, ssl.create_default_context(), "localhost", None))
+        await bounded(silent.hello.wait())
+        securing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await securing
+        await bounded(silent.ended.wait())
+
+
+@pytest.mark.asyncio
+async def test_start_tls_failure_raises_the_ssl_error(harness: Any, tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_tls, client_tls = tls
+    port = serve(harness, server_tls)
+    stream = await bounded(tornado.tcpclient.TCPClient().connect("127.0.0.1", port))
+    with pytest.raises(ssl.SSLCertVerificationError, match="not-the-certificates-name"):
+        await bounded(proxy.start_tls(stream, client_tls, "not-the-certificates-name", 5))
+    stream = await bounded(tornado.tcpclient.TCPClient().connect("127.0.0.1", port))
+    secure = await bounded(proxy.start_tls(stream, client_tls, "localhost", 5))
+    client = await websocket_over(secure, f"wss://localhost:{port}/ws", f"localhost:{port}")
+    await echo_round_trip(client, "hello 127.0.0.1 over https")
 
 
 # -- once websocket_connect takes proxy= and follow_redirects= (issue 16 hooks) -------------------

@@ -17,7 +17,7 @@ import warnings
 from typing import Any, Awaitable, Callable, NamedTuple, Optional, Union
 
 from tornado.httpclient import HTTPRequest, _RequestProxy
-from tornado.httputil import HTTPHeaders, parse_response_start_line
+from tornado.httputil import HTTPHeaders
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
@@ -412,13 +412,7 @@ async def _handshake(
         raw_head = await asyncio.wait_for(
             stream.read_until_regex(b"\r?\n\r?\n", max_bytes=MAX_RESPONSE_HEAD), remaining()
         )
-        text = raw_head.decode("latin-1")
-        first_line, _, rest = text.partition("\n")
-        try:
-            status = parse_response_start_line(first_line.strip())
-            response_headers = HTTPHeaders.parse(rest)
-        except Exception as exc:
-            raise WebSocketHandshakeError(f"malformed handshake response: {exc}", 599) from None
+        status, response_headers = handshake.parse_response_head(raw_head)
         if status.code in proxies.REDIRECT_STATUSES:
             stream.close()
             return _Redirect(status.code, response_headers)

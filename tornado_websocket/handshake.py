@@ -15,7 +15,7 @@ import os
 import re
 from typing import Optional
 
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, ResponseStartLine, parse_response_start_line
 
 from tornado_websocket.errors import HandshakeError, WebSocketHandshakeError
 
@@ -32,7 +32,14 @@ _EXT_PARAM_RE = re.compile(
 
 
 def accept_key(key: str) -> str:
-    """Compute ``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (section 4.2.2)."""
+    """Compute ``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (section 4.2.2).
+
+    The example of RFC 6455 section 1.3:
+
+    >>> from tornado_websocket.handshake import accept_key
+    >>> accept_key("dGhlIHNhbXBsZSBub25jZQ==")
+    's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
+    """
     digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("ascii")).digest()
     return base64.b64encode(digest).decode("ascii")
 
@@ -43,7 +50,16 @@ def generate_key() -> str:
 
 
 def parse_token_list(headers: HTTPHeaders, name: str) -> list[str]:
-    """All comma-separated tokens of every ``name`` header line, stripped, empty ones dropped."""
+    """All comma-separated tokens of every ``name`` header line, stripped, empty ones dropped.
+
+    >>> from tornado.httputil import HTTPHeaders
+    >>> from tornado_websocket.handshake import parse_token_list
+    >>> headers = HTTPHeaders()
+    >>> headers.add("Connection", "keep-alive, Upgrade")
+    >>> headers.add("Connection", ",close")
+    >>> parse_token_list(headers, "Connection")
+    ['keep-alive', 'Upgrade', 'close']
+    """
     tokens: list[str] = []
     for line in headers.get_list(name):
         tokens.extend(t for t in (part.strip() for part in line.split(",")) if t)
@@ -77,6 +93,12 @@ def parse_extension_list(headers: HTTPHeaders) -> list[ExtensionOffer]:
     Quoted values are unquoted; a parameter without a value has ``None``.
     Raises ``ValueError`` for a header that does not follow the grammar of
     RFC 6455 section 9.1.
+
+    >>> from tornado.httputil import HTTPHeaders
+    >>> from tornado_websocket.handshake import parse_extension_list
+    >>> offer = 'permessage-deflate; client_max_window_bits; server_max_window_bits="10", x-webkit'
+    >>> parse_extension_list(HTTPHeaders({"Sec-WebSocket-Extensions": offer}))
+    [('permessage-deflate', [('client_max_window_bits', None), ('server_max_window_bits', '10')]), ('x-webkit', [])]
     """
     offers: list[ExtensionOffer] = []
     for line in headers.get_list("Sec-WebSocket-Extensions"):
@@ -103,7 +125,12 @@ def parse_extension_list(headers: HTTPHeaders) -> list[ExtensionOffer]:
 
 
 def format_extension(name: str, params: ExtensionParams) -> str:
-    """Render one extension with its parameters for a header."""
+    """Render one extension with its parameters for a header.
+
+    >>> from tornado_websocket.handshake import format_extension
+    >>> format_extension("permessage-deflate", [("server_no_context_takeover", None), ("client_max_window_bits", "10")])
+    'permessage-deflate; server_no_context_takeover; client_max_window_bits=10'
+    """
     return "; ".join([name] + [k if v is None else f"{k}={v}" for k, v in params])
 
 
@@ -178,6 +205,30 @@ def client_request_headers(key: str, subprotocols: Optional[list[str]], extensio
     if extensions:
         headers["Sec-WebSocket-Extensions"] = extensions
     return headers
+
+
+def parse_response_head(head: bytes, what: str = "handshake response") -> tuple[ResponseStartLine, HTTPHeaders]:
+    r"""Parse an HTTP/1.x answer head (the status line and the headers, up to the blank line).
+
+    Serves the client's upgrade answer and a proxy's answer to ``CONNECT``.
+    Raises :class:`WebSocketHandshakeError` with code 599 and a message
+    starting "malformed ``what``" when the head is not HTTP (no status line,
+    a header line without a colon).
+
+    >>> from tornado_websocket.handshake import parse_response_head
+    >>> status, headers = parse_response_head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    >>> status.code, status.reason, headers["Upgrade"]
+    (101, 'Switching Protocols', 'websocket')
+    >>> parse_response_head(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "answer from the proxy to CONNECT")
+    Traceback (most recent call last):
+      ...
+    tornado_websocket.errors.WebSocketHandshakeError: HTTP 599: ...malformed answer from the proxy to CONNECT: ...
+    """
+    first_line, _, rest = head.decode("latin-1").partition("\n")
+    try:
+        return parse_response_start_line(first_line.strip()), HTTPHeaders.parse(rest)
+    except Exception as exc:
+        raise WebSocketHandshakeError(f"malformed {what}: {exc}", 599) from None
 
 
 def validate_response(

@@ -14,6 +14,7 @@ from typing import Optional, Union
 
 from tornado.ioloop import IOLoop
 
+#: A message: ``str`` for text, ``bytes`` for binary.
 Data = Union[str, bytes]
 
 

@@ -325,9 +325,11 @@ class StatsCollector:
         self._core = module.core
 
     def describe(self) -> list[Any]:
-        return []  # no fixed description: the label values of refusals and closes come and go
+        """No metric families up front (the label values of refusals and closes come and go)."""
+        return []
 
     def collect(self) -> Iterator[Any]:
+        """The metric families of :func:`stats` now, as ``prometheus_client`` metric families."""
         core = self._core
         for family in families(stats()):
             if family.kind == "histogram":

@@ -3,7 +3,8 @@
 Pieces without I/O (:func:`select_proxy`, :func:`bypass_proxy`,
 :func:`connect_request`, :func:`parse_connect_response`,
 :func:`next_request`, :func:`redirect_headers`) and two coroutines:
-:func:`open_tunnel` (a plain TCP stream to ``host:port`` through a proxy) and
+:func:`open_tunnel` (a plain TCP stream to ``host:port`` through a proxy),
+:func:`start_tls` (TLS over a connected stream, closed on a timeout) and
 :func:`open_stream` (direct or tunnelled, then TLS for ``wss://``), which is
 what the client calls instead of ``TCPClient.connect``.
 
@@ -22,19 +23,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
+import socket
 import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from tornado.httputil import HTTPHeaders, parse_response_start_line
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 from tornado.netutil import Resolver
 from tornado.tcpclient import TCPClient
 
 from tornado_websocket.errors import WebSocketConnectError, WebSocketHandshakeError, WebSocketTimeoutError
+from tornado_websocket.handshake import parse_response_head
 
 #: Longest proxy answer head to CONNECT we read before giving up.
 MAX_PROXY_RESPONSE_HEAD = 16 * 1024
@@ -159,13 +163,7 @@ def parse_connect_response(head: bytes, authority: str = "") -> HTTPHeaders:
     headers when it refused (403, 407, 502...), and with code 599 when the
     answer is not HTTP.
     """
-    text = head.decode("latin-1")
-    first_line, _, rest = text.partition("\n")
-    try:
-        status = parse_response_start_line(first_line.strip())
-        headers = HTTPHeaders.parse(rest)
-    except Exception as exc:
-        raise WebSocketHandshakeError(f"malformed answer from the proxy to CONNECT: {exc}", 599) from None
+    status, headers = parse_response_head(head, "answer from the proxy to CONNECT")
     if not 200 <= status.code < 300:
         hint = " (put the credentials in the proxy URL)" if status.code == 407 else ""
         target = f" to {authority}" if authority else ""
@@ -256,39 +254,63 @@ async def open_stream(
 ) -> IOStream:
     """The stream the client's upgrade request goes over: TCP (and TLS when ``ssl_options``) to ``host:port``.
 
-    Direct when ``proxy_url`` is ``None`` (``TCPClient.connect``), else
-    through :func:`open_tunnel` and then TLS inside the tunnel, checked
-    against ``host``. Raises :class:`WebSocketTimeoutError` after
-    ``timeout`` seconds in all, :class:`WebSocketConnectError` when TCP or
-    TLS fails, and what :func:`open_tunnel` raises.
+    TCP directly when ``proxy_url`` is ``None`` (``TCPClient.connect``), else
+    through :func:`open_tunnel`; then :func:`start_tls`, checked against
+    ``host``, within what is left of ``timeout``. Raises
+    :class:`WebSocketTimeoutError` after ``timeout`` seconds in all (the
+    connection closed), :class:`WebSocketConnectError` when TCP or TLS
+    fails, and what :func:`open_tunnel` raises.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     authority = _authority(host, port)
-    stream: Optional[IOStream] = None
     try:
         if proxy_url is None:
-            connecting = TCPClient(resolver=resolver).connect(host, port, ssl_options=ssl_options)
-            return await asyncio.wait_for(connecting, timeout)
-        stream = await open_tunnel(host, port, proxy_url, timeout, resolver)
+            stream = await asyncio.wait_for(TCPClient(resolver=resolver).connect(host, port), timeout)
+        else:
+            stream = await open_tunnel(host, port, proxy_url, timeout, resolver)
         if ssl_options is None:
             return stream
         remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
-        securing = stream.start_tls(False, ssl_options, server_hostname=host)
-        stream = None  # start_tls took the socket: the TLS stream closes it on failure
-        return await asyncio.wait_for(securing, remaining)
+        return await start_tls(stream, ssl_options, host, remaining)
     except WebSocketHandshakeError:
         raise  # from open_tunnel, already closed
     except asyncio.TimeoutError:
-        if stream is not None:
-            stream.close()
         raise WebSocketTimeoutError(f"no connection to {authority} within {timeout} s") from None
     except (OSError, StreamClosedError) as exc:
-        if stream is not None:
-            stream.close()
         cause = getattr(exc, "real_error", None) or exc
         through = "" if proxy_url is None else " through the proxy"
         raise WebSocketConnectError(f"cannot connect to {authority}{through}: {cause}") from exc
+
+
+async def start_tls(
+    stream: IOStream,
+    ssl_options: Union[dict[str, Any], ssl.SSLContext],
+    server_hostname: str,
+    timeout: Optional[float],
+) -> IOStream:
+    """The client side of TLS over the connected, idle ``stream``, certificate checked against ``server_hostname``.
+
+    Raises ``asyncio.TimeoutError`` when the handshake takes longer than
+    ``timeout`` seconds, ``ssl.SSLError`` when it fails (a certificate that
+    does not verify), ``StreamClosedError`` when the peer ends the
+    connection first; in each case, and when the caller is cancelled, the
+    connection is closed. ``IOStream.start_tls`` hands the
+    socket to a stream the caller sees only after the handshake, and before
+    Tornado 6.6 cancelling its future left that stream open: the connection
+    is shut down through a duplicate of the socket instead, which ends the
+    hidden stream too (it reads the end and closes).
+    """
+    handle = stream.socket.dup()
+    try:
+        securing = stream.start_tls(False, ssl_options, server_hostname=server_hostname)
+        return await asyncio.wait_for(securing, timeout)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            handle.shutdown(socket.SHUT_RDWR)
+        raise
+    finally:
+        handle.close()
 
 
 # -- redirects -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // Browser side of the interop scenarios: our tornado app serves it after
 // payloads.js and interop_client.js (which hold the scenarios), and
-// Playwright drives it through window.interop.<scenario>(url).
+// Playwright (Chromium) or puppeteer-core over WebDriver BiDi (Firefox, firefox/run.js)
+// drives it through window.interop.<scenario>(url).
 "use strict";
 
 (function () {
@@ -25,7 +26,8 @@
     };
   }
 
-  // Chromium offers permessage-deflate on every connection: the scenarios' deflate flag changes nothing here.
+  // Chromium and Firefox offer permessage-deflate on every connection: the scenarios' deflate flag changes
+  // nothing in the page.
   window.interop = {};
   for (const [name, scenario] of Object.entries(C.SCENARIOS)) {
     window.interop[name] = (url) => scenario.run(connect(url));

@@ -49,6 +49,8 @@ import tornado_websocket
 
 HERE = Path(__file__).resolve().parent
 NODE_DIR = HERE / "node"
+FIREFOX_DIR = HERE / "firefox"  # run.js and puppeteer-core (npm ci there: scripts/ci/firefox.sh)
+FIREFOX = os.environ.get("INTEROP_FIREFOX", "/usr/bin/firefox-esr")
 CHROMIUM = os.environ.get("INTEROP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -169,6 +171,32 @@ def chromium_version() -> str:
     return next((w for w in words if w[:1].isdigit()), out.stdout.strip() or "?")
 
 
+def require_firefox() -> str:
+    """Node, puppeteer-core (installed from FIREFOX_DIR's lock file) and Debian's firefox-esr; node's path."""
+    node = shutil.which("node")
+    if node is None:
+        missing("Firefox", "no `node` on PATH; apt-get install nodejs npm")
+    if not (FIREFOX_DIR / "node_modules" / "puppeteer-core" / "package.json").is_file():
+        missing("Firefox", f"puppeteer-core is not installed; bash scripts/ci/firefox.sh (npm ci in {FIREFOX_DIR})")
+    if not os.access(FIREFOX, os.X_OK):
+        missing("Firefox", f"{FIREFOX} not found; apt-get install firefox-esr (never a downloaded browser)")
+    assert node is not None
+    return node
+
+
+def firefox_version() -> str:
+    import subprocess
+
+    if not os.access(FIREFOX, os.X_OK):
+        return "not installed"
+    try:
+        out = subprocess.run([FIREFOX, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    words = out.stdout.split()  # "Mozilla Firefox 153.8.0esr"
+    return next((w for w in words if w[:1].isdigit()), out.stdout.strip() or "?")
+
+
 # -- small async helpers ---------------------------------------------------------
 
 
@@ -278,6 +306,18 @@ class ChromiumPeer(Peer):
         return chromium_version()
 
 
+class FirefoxPeer(Peer):
+    """Headless firefox-esr (Debian's) driven through WebDriver BiDi by puppeteer-core (firefox/run.js)."""
+
+    node = ""
+
+    def require(self) -> None:
+        self.node = require_firefox()
+
+    def version(self) -> str:
+        return firefox_version()
+
+
 def pairings(peers: Iterable[Peer], direction: str, known_bugs: Mapping[str, str]) -> list[Any]:
     """pytest params for one test: each peer's id, marked as its pairing of the matrix.
 
@@ -307,6 +347,7 @@ class ServerRecord:
     close_code: Optional[int] = None
     close_reason: Optional[str] = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    offered: Optional[str] = None  # the Sec-WebSocket-Extensions of the client's request
 
 
 class Recorder:
@@ -322,7 +363,7 @@ class RecordingHandler(tornado_websocket.WebSocketHandler):
     """Our server: echo, record, and obey cmd:ping / cmd:close."""
 
     def open(self) -> None:
-        self.start_record(ServerRecord())
+        self.start_record(ServerRecord(offered=self.request.headers.get("Sec-WebSocket-Extensions")))
 
     def start_record(self, record: ServerRecord) -> None:
         self.record = record
@@ -512,6 +553,8 @@ def check_close_report(peer: str, close: Mapping[str, Any], reason: Optional[str
 
 class Client(Peer):
     can_ping = True  # can this client send a ping (a browser page cannot)?
+    # Does it offer permessage-deflate to our plain server (which declines)? None: not checked.
+    offers_deflate: Optional[bool] = None
 
     async def exchange(self, target: Endpoint) -> Report:
         raise NotImplementedError
@@ -572,6 +615,7 @@ class ChromiumClient(ScriptClient, ChromiumPeer):
     peer = "Chromium"
     id = "chromium"
     can_ping = False  # a page's WebSocket cannot send pings; it answers ours
+    offers_deflate = True  # on every connection
 
     async def run_scenario(self, target: Endpoint, scenario: str) -> Report:
         from playwright.async_api import async_playwright
@@ -599,6 +643,45 @@ class ChromiumClient(ScriptClient, ChromiumPeer):
                 return report
             finally:
                 await within(browser.close(), "Chromium to close")
+
+
+class FirefoxClient(ScriptClient, FirefoxPeer):
+    """A page our server serves (browser_client.js), in a fresh headless firefox-esr a scenario (firefox/run.js).
+
+    Firefox offers permessage-deflate on every connection (the setting that turned the offer off is
+    gone from current releases): the plain tests' server declines it, the deflate tests' accepts it.
+    """
+
+    peer = "Firefox"
+    id = "firefox"
+    can_ping = False  # a page's WebSocket cannot send pings; it answers ours
+    offers_deflate = True
+
+    async def run_scenario(self, target: Endpoint, scenario: str) -> Report:
+        proc = await asyncio.create_subprocess_exec(
+            self.node,
+            str(FIREFOX_DIR / "run.js"),
+            target.page_url,
+            target.ws_url,
+            scenario,
+            cwd=str(FIREFOX_DIR),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await within(proc.communicate(), f"firefox's {scenario}()", 50)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await within(proc.wait(), "the killed firefox runner", 10)
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        try:
+            report: Report = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            raise AssertionError(f"firefox/run.js printed no report: rc={proc.returncode} {out!r} {err!r}")
+        if proc.returncode != 0:
+            report.setdefault("error", f"firefox/run.js exited {proc.returncode}: {err.decode(errors='replace')}")
+        return report
 
 
 class WebsocketsClientBase(Client, PythonPeer):

@@ -32,6 +32,7 @@ PEERS: list[tuple[str, bool, bool]] = [  # (peer, has a client, has a server)
     ("websocket-client", True, False),
     ("ws (Node.js)", True, True),
     ("Chromium", True, False),
+    ("Firefox", True, False),
     ("tornado.websocket", False, True),
 ]
 

@@ -1,7 +1,7 @@
 """permessage-deflate (RFC 7692) interoperability, compression on at both ends.
 
 Our server (a handler whose ``get_compression_options()`` returns ``{}``)
-with the websockets, aiohttp, Node ws and headless Chromium clients, and our
+with the websockets, aiohttp, Node ws, headless Chromium and headless Firefox clients, and our
 client (``compression_options={}``) with the websockets, aiohttp and Node ws
 servers. Each pairing, on one connection:
 
@@ -34,7 +34,7 @@ peer is skipped locally but fails when ``CI`` is set.
 The Node client and the browser page run the deflate scenarios of
 ``interop_client.js`` (built from the same payloads, in ``payloads.js``),
 and the Node server is ``node/server.js deflate``. What the peers share with
-the plain tests (the peer servers, the Node and Chromium clients, the
+the plain tests (the peer servers, the Node, Chromium and Firefox clients, the
 websockets client's connection) is in interop_util.py.
 """
 
@@ -62,6 +62,7 @@ from .interop_util import (
     ChromiumClient,
     Client,
     Endpoint,
+    FirefoxClient,
     Message,
     NodeWsClient,
     NodeWsServer,
@@ -527,7 +528,7 @@ class AiohttpClient(Client, PythonPeer):
             return report
 
 
-# Each under its own row of the matrix; Chromium always offers permessage-deflate.
+# Each under its own row of the matrix; Chromium always offers permessage-deflate, Firefox by default.
 CLIENTS: dict[str, Client] = {
     c.id: c
     for c in (
@@ -535,6 +536,7 @@ CLIENTS: dict[str, Client] = {
         AiohttpClient("aiohttp (deflate)"),
         NodeWsClient("ws (Node.js, deflate)", deflate=True),
         ChromiumClient("Chromium (deflate)", deflate=True),
+        FirefoxClient("Firefox (deflate)", deflate=True),
     )
 }
 
@@ -598,7 +600,9 @@ def test_our_server_deflate_exchange(key: str, record_property: Any) -> None:
     assert same_header(wire.accepted, record.accepted), (wire.accepted, record.accepted)
     if key == "aiohttp":
         assert report["compress"], f"aiohttp client runs uncompressed (compress={report['compress']!r})"
-    if report.get("extensions") is not None or key != "aiohttp":
+    if key == "firefox":  # Firefox's WebSocket.extensions names the extension, without its parameters
+        assert report.get("extensions") == EXTENSION, f"{peer} client saw the answer as {report.get('extensions')!r}"
+    elif report.get("extensions") is not None or key != "aiohttp":
         assert same_header(report.get("extensions"), wire.accepted), (
             f"{peer} client saw the answer as {report.get('extensions')!r}, the wire carried {wire.accepted!r}"
         )

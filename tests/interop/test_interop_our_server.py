@@ -28,6 +28,7 @@ from .interop_util import (
     ChromiumClient,
     Client,
     Endpoint,
+    FirefoxClient,
     NodeWsClient,
     PythonPeer,
     Report,
@@ -303,6 +304,7 @@ CLIENTS: dict[str, Client] = {
         WebsocketClientClient(),
         NodeWsClient(),
         ChromiumClient(),
+        FirefoxClient(),
     )
 }
 
@@ -332,6 +334,9 @@ def test_exchange_and_client_close(key: str, record_property: Any) -> None:
     check_server_record_after_exchange(
         record, client_can_ping=client.can_ping, big_binary_sha256=report.get("big_binary_sha256")
     )
+    if client.offers_deflate is not None:
+        offered = "permessage-deflate" in (record.offered or "")
+        assert offered == client.offers_deflate, f"{peer} offered {record.offered!r} to our (plain) server"
     close = report.get("close")
     if close is not None:
         check_close_report(peer, close)
