@@ -11,10 +11,14 @@ import json
 from typing import Any, Optional
 
 import pytest
+import tornado.web
 from conftest import TIMEOUT, bounded
 
+import tornado_websocket
 from tornado_websocket.channels import ChannelsHandler, publish_json
+from tornado_websocket.channels_client import ChannelMessage, ChannelsClient, ChannelsError, RecoveryFailed
 from tornado_websocket.channels_history import ChannelHistory, HistorySettings, effective_since, resolve
+from tornado_websocket.channels_memory import MemoryBackend
 from tornado_websocket.hub import Hub
 
 # -- history -------------------------------------------------------------------------
@@ -290,3 +294,82 @@ async def test_presence_lists_members_and_sends_join_and_leave(harness):
     assert list(await hub.members("room")) == [joined["member"]["id"]]
     await publish_json(hub, "room", "end")
     await watcher.expect("message", data="end")  # the watcher got no presence events before it
+
+
+# -- the Python client ------------------------------------------------------------------------
+
+
+async def collect(client: ChannelsClient, count: int, timeout: float = TIMEOUT) -> list[Any]:
+    return [await client.next_event(timeout) for _ in range(count)]
+
+
+@pytest.mark.asyncio
+async def test_client_reconnects_and_resumes_each_message_once_in_order(harness):
+    hub = Hub()
+    port = serve(harness, hub)
+    client = ChannelsClient(harness.url("/channels", port), reconnect_min=0.01, reconnect_max=0.05)
+    try:
+        await client.connect(TIMEOUT)
+        await bounded(client.subscribe("room"))
+        for i in range(60):
+            if i % 10 == 5:
+                client.drop_connection()  # the next ones are published while it is away
+            await publish_json(hub, "room", i)
+        events = await collect(client, 60)
+        assert [e.data for e in events] == list(range(60))
+        assert [e.offset for e in events] == list(range(1, 61))
+        assert all(isinstance(e, ChannelMessage) for e in events)
+        assert client.connections >= 2 and client.recovery_failures == 0
+        # Publishing through the client: acknowledged with the offset.
+        assert await bounded(client.publish("room", {"n": "mine"})) == 61
+        assert (await client.next_event(TIMEOUT)).data == {"n": "mine"}
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_client_is_told_when_recovery_failed(harness):
+    hub = Hub(MemoryBackend(HistorySettings(max_count=5)))
+    port = serve(harness, hub)
+    client = ChannelsClient(harness.url("/channels", port), reconnect_min=0.01, reconnect_max=0.05)
+    try:
+        await client.connect(TIMEOUT)
+        await bounded(client.subscribe("room"))
+        await publish_json(hub, "room", "seen")
+        assert (await client.next_event(TIMEOUT)).data == "seen"
+        client.drop_connection()
+        for i in range(20):
+            await publish_json(hub, "room", i)  # more than history keeps
+        failed = await client.next_event(TIMEOUT)
+        assert isinstance(failed, RecoveryFailed) and failed.channel == "room" and failed.offset == 21
+        rest = await collect(client, 5)
+        assert [e.data for e in rest] == list(range(15, 20))  # what history still had, in order
+        assert client.recovery_failures == 1
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_client_publish_refusals_raise(harness):
+    hub = Hub()
+    port = harness.serve([(r"/channels", Guarded, {"hub": hub})])
+    client = ChannelsClient(harness.url("/channels", port))
+    try:
+        await client.connect(TIMEOUT)
+        with pytest.raises(ChannelsError) as refused:
+            await bounded(client.publish("readonly", 1))
+        assert refused.value.code == "forbidden"
+        with pytest.raises(ChannelsError):
+            await bounded(client.subscribe("secret"))
+        assert (await bounded(client.subscribe("public", since=0)))["recovered"] is True
+    finally:
+        await client.close()
+
+
+def test_serve_refuses_several_processes_without_a_shared_backend():
+    app = tornado.web.Application([(r"/channels", ChannelsHandler)])
+    with pytest.raises(ValueError, match="shared backend"):
+        tornado_websocket.serve(app, 0, processes=2)
+    app = tornado.web.Application([(r"/channels", ChannelsHandler, {"hub": Hub()})])
+    with pytest.raises(ValueError, match="MemoryBackend"):
+        tornado_websocket.serve(app, 0, processes=2)

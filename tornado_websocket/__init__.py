@@ -5,6 +5,8 @@ keep the handler. See README.md and docs/.
 """
 
 from tornado_websocket.broadcast import broadcast
+from tornado_websocket.channels import ChannelsHandler
+from tornado_websocket.channels_client import ChannelsClient
 from tornado_websocket.client import WebSocketClientConnection, websocket_connect
 from tornado_websocket.connection import WebSocketConnection, WebSocketProtocol, WebSocketProtocol13
 from tornado_websocket.errors import (
@@ -18,8 +20,10 @@ from tornado_websocket.errors import (
 from tornado_websocket.frames import CloseCode, Opcode
 from tornado_websocket.handler import WebSocketHandler
 from tornado_websocket.health import HealthHandler
+from tornado_websocket.hub import Hub
 from tornado_websocket.metrics import MetricsHandler, stats
 from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE
+from tornado_websocket.serve import serve
 from tornado_websocket.shutdown import shutdown, shutdown_on_signal
 
 __version__ = "0.1.0"
@@ -28,6 +32,9 @@ __version__ = "0.1.0"
 _default_max_message_size = DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = [
+    "ChannelsClient",
+    "ChannelsHandler",
+    "Hub",
     "CloseCode",
     "Opcode",
     "ProtocolError",
@@ -46,6 +53,7 @@ __all__ = [
     "websocket_connect",
     "__version__",
     "broadcast",
+    "serve",
     "shutdown",
     "shutdown_on_signal",
     "stats",

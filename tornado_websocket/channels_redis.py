@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -261,7 +262,7 @@ class _RedisChannels:
         self.reconnect_max = reconnect_max
         self.presence_ttl = presence_ttl
         self.publish_command = "SPUBLISH" if self.sharded else "PUBLISH"
-        self.process_id = secrets.token_hex(8)
+        self._process: tuple[int, str] = (os.getpid(), secrets.token_hex(8))
         self.sink: Optional[Sink] = None
         self.closing = False
         self._publish = client.register_script(_PUBLISH)
@@ -278,6 +279,14 @@ class _RedisChannels:
 
     def _history_keys(self, channel: str) -> list[str]:
         return [self.key(channel, "seq"), self.key(channel, "epoch"), self.key(channel, "log")]
+
+    @property
+    def process_id(self) -> str:
+        """This process's id in presence (a new one in a process forked after the backend was made)."""
+        pid, process_id = self._process
+        if pid != os.getpid():
+            self._process = (os.getpid(), secrets.token_hex(8))
+        return self._process[1]
 
     @property
     def _process_key(self) -> str:

@@ -284,6 +284,11 @@ class Hub:
         del state.pending[connection]
         if state.epoch is None:
             state.epoch, state.last = recovery.epoch, max(state.last, recovery.offset)
+        if pending.since is None:
+            # Live from the subscription on: the offset is the one before the first held-back message.
+            first = next((offset for epoch, offset, _ in pending.buffer if epoch == recovery.epoch), None)
+            if first is not None and first - 1 < recovery.offset:
+                recovery = Recovery(recovery.epoch, first - 1, [], True)
         framing = pending.framing
         head = framing.subscribed(channel, recovery)
         if head is not None:
