@@ -241,7 +241,7 @@ class ChatClient:
         self.nick = ""
         self.subscribed: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
-        self.members: dict[str, str] = {}
+        self.members_info: dict[str, dict[str, Any]] = {}  # member id -> presence info
         self.offset: Optional[int] = None
         self.epoch: Optional[str] = None
 
@@ -283,6 +283,11 @@ class ChatClient:
         await client.subscribe(nick, since=old.offset or 0, epoch=old.epoch)
         return client
 
+    @property
+    def members(self) -> dict[str, str]:
+        """Member id -> nickname."""
+        return {member_id: info["nick"] for member_id, info in self.members_info.items()}
+
     def users(self) -> list[str]:
         return sorted(set(self.members.values()))
 
@@ -300,11 +305,11 @@ class ChatClient:
         data: dict[str, Any] = json.loads(raw)
         op = data.get("op")
         if op == "presence":
-            self.members = {m["id"]: m["info"]["nick"] for m in data["members"]}
+            self.members_info = {m["id"]: m["info"] for m in data["members"]}
         elif op == "join":
-            self.members[data["member"]["id"]] = data["member"]["info"]["nick"]
+            self.members_info[data["member"]["id"]] = data["member"]["info"]
         elif op == "leave":
-            self.members.pop(data["member"]["id"], None)
+            self.members_info.pop(data["member"]["id"], None)
         elif op == "message":
             self.offset, self.epoch = data["offset"], data["epoch"]
         return data

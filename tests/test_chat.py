@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import pytest
 import pytest_asyncio
-from chat_fixtures import ChatClient, ChatServer, Processes, RedisServer
+from chat_fixtures import CHAT, ChatClient, ChatServer, Processes, RedisServer
 
 import tornado_websocket
 
@@ -329,3 +333,43 @@ async def test_history_lost_in_redis_is_reported_not_hidden(procs: Processes, cl
     assert carol.subscribed["epoch"] != old_epoch
     await bob.say("after")
     await carol.expect("message", text_is("after"))
+
+
+async def test_processes_share_one_port_and_a_killed_worker_is_replaced(procs: Processes, clients: Clients) -> None:
+    redis = procs.redis()
+    server = procs.chat(redis.url, "--processes", "2", "--presence-ttl", TTL, "--rate", "100", "--burst", "100")
+    # The kernel spreads connections over the two workers: connect until both serve someone (bounded).
+    watcher = await clients.join(server, "watcher")
+    by_process: dict[int, ChatClient] = {}
+    for n in range(40):
+        client = await clients.join(server, f"user{n}")
+        await watcher.expect("join", lambda m, nick=f"user{n}": m["member"]["info"]["nick"] == nick)
+        member = next(info for info in watcher.members_info.values() if info["nick"] == f"user{n}")
+        by_process.setdefault(member["process"], client)
+        if len(by_process) == 2:
+            break
+    assert len(by_process) == 2, "40 connections all went to one worker"
+    (pid_a, a), (pid_b, b) = sorted(by_process.items())
+    assert server.proc is not None and {pid_a, pid_b}.isdisjoint({server.proc.pid})
+    await a.say("across workers")
+    await b.expect("message", text_is("across workers"))
+
+    os.kill(pid_a, signal.SIGKILL)  # one worker crashes; the parent starts another on the same port
+    assert await a.expect_closed() in (None, 1006)
+    await b.say("while a was away")
+    await b.expect("message", text_is("while a was away"))
+    resumed = await clients.join_resumed(server, a, "back")
+    assert resumed.subscribed["recovered"] is True
+    assert [m["text"] for m in resumed.history] == ["while a was away"]
+    assert server.running
+
+
+async def test_processes_need_redis(procs: Processes) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(CHAT), "--processes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "needs --redis" in result.stderr

@@ -25,16 +25,18 @@ library is the chat's policy, in :class:`ChatHandler`:
   library's publish limit, refused with ``rate_limited``); a connection that
   keeps being refused is closed with 1008 (policy violation).
 
-``/metrics`` (Prometheus text) and ``/health`` (200, 503 while draining) are
-the library's handlers. SIGINT or SIGTERM closes every WebSocket with 1001.
+A member's presence info is ``{"nick", "process"}`` (the serving process's
+id, shown on the page). ``/metrics`` (Prometheus text) and ``/health`` (200,
+503 while draining) are the library's handlers; :func:`tornado_websocket.serve`
+runs the processes, and SIGINT or SIGTERM closes every WebSocket with 1001.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
+import os
 import re
 import time
 import unicodedata
@@ -144,7 +146,7 @@ class ChatHandler(ChannelsHandler):
     def presence_info(self, channel: str, request: dict[str, Any]) -> Any:
         info = request.get("info")
         self.nick = sanitize_nick(info.get("nick") if isinstance(info, dict) else None) or "guest"
-        return {"nick": self.nick}
+        return {"nick": self.nick, "process": os.getpid()}  # the page shows which process serves whom
 
     def send_refusal(self, code: str, reason: str, request: Optional[dict[str, Any]] = None) -> None:
         super().send_refusal(code, reason, request)
@@ -234,23 +236,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace) -> None:
-    """One serving process: the hub, the app on the port, until SIGINT or SIGTERM."""
-    hub = make_hub(args)
-    limits = Limits(max_length=args.max_length, rate=args.rate, burst=args.burst)
-    server = make_app(hub, limits).listen(args.port, args.address, reuse_port=args.processes > 1)
-    where = f"Redis at {args.redis}" if args.redis else "this process only"
-    print(f"Chat demo on http://{args.address}:{args.port}/ (rooms shared with {where})", flush=True)
-    closed = await tornado_websocket.shutdown_on_signal(server, timeout=5.0)
-    await hub.close()
-    print(f"Stopped; closed {closed} WebSocket connection(s) with 1001", flush=True)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Serve until SIGINT or SIGTERM (which close every WebSocket with 1001), in ``--processes`` processes."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
-    asyncio.run(run(args))
+    limits = Limits(max_length=args.max_length, rate=args.rate, burst=args.burst)
+    where = f"Redis at {args.redis}" if args.redis else "this process only"
+
+    def started(server: Any, task_id: int) -> None:
+        print(f"Chat demo on http://{args.address}:{args.port}/ process {task_id} ({where})", flush=True)
+
+    tornado_websocket.serve(make_app(make_hub(args), limits), args.port, args.processes, args.address, on_start=started)
+    print("Stopped", flush=True)
 
 
 if __name__ == "__main__":

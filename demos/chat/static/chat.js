@@ -25,7 +25,7 @@
   const room = new URLSearchParams(location.search).get("room") || "lobby";
   const channel = "room:" + room;
   ui.room.textContent = "#" + room;
-  const members = new Map(); // member id -> nickname
+  const members = new Map(); // member id -> {nick, process}
   let noticeTimer = null;
   let wasOpen = false;
 
@@ -97,10 +97,17 @@
   }
 
   function renderUsers() {
-    const nicks = [...new Set(members.values())].sort((a, b) => a.localeCompare(b));
+    const byNick = new Map(); // nickname -> the processes serving it
+    for (const { nick, process } of members.values()) {
+      if (!byNick.has(nick)) byNick.set(nick, new Set());
+      if (process !== undefined) byNick.get(nick).add(String(process));
+    }
+    const nicks = [...byNick.keys()].sort((a, b) => a.localeCompare(b));
     ui.users.replaceChildren(...nicks.map((nick) => {
       const li = document.createElement("li");
       li.textContent = nick;
+      li.title = "served by process " + [...byNick.get(nick)].join(", ");
+      li.dataset.process = [...byNick.get(nick)].join(" ");
       if (nick === myNick()) li.classList.add("me");
       return li;
     }));
@@ -108,12 +115,15 @@
   }
 
   function onPresence(event) {
-    const nickOf = (member) => String((member && member.info && member.info.nick) || "guest");
+    const entry = (member) => {
+      const info = (member && member.info) || {};
+      return { nick: String(info.nick || "guest"), process: info.process };
+    };
     if (event.op === "presence") {
       members.clear();
-      for (const member of event.members || []) members.set(member.id, nickOf(member));
+      for (const member of event.members || []) members.set(member.id, entry(member));
     } else if (event.op === "join" && event.member) {
-      members.set(event.member.id, nickOf(event.member));
+      members.set(event.member.id, entry(event.member));
     } else if (event.op === "leave" && event.member) {
       members.delete(event.member.id);
     }
