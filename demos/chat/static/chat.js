@@ -156,6 +156,7 @@
   client.on("state", (state, detail) => {
     if (state === "open") {
       members.clear(); // a fresh listing follows the subscription
+      renderUsers();
       wasOpen = true;
       return;
     }
