@@ -10,7 +10,9 @@ one publisher):
     prints ``RESULT {json}``.
 ``python bench/channels/loadgen.py publish --kind K --port P --rate R --count M``
     publishes ``M`` messages at ``R`` per second (a tick every 5 ms sends
-    what is due) through one WebSocket, then prints ``RESULT {json}``.
+    what is due) through one WebSocket, prints ``RESULT {json}``, and stays
+    connected until a line on stdin (or ``--linger`` seconds), so the server
+    can finish what it was sent.
 
 Both protocols are spoken by the same code over one raw WebSocket client
 (an asyncio protocol on uvloop when installed, the HTTP/1.1 upgrade written
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -373,8 +376,7 @@ async def publish_role(args: argparse.Namespace) -> dict[str, Any]:
             sent += 1
         await asyncio.sleep(0.005)
     t1 = time.monotonic()
-    await asyncio.sleep(0.2)  # let the last frames leave before closing
-    return {
+    result = {
         "sent": sent,
         "t_start": t0,
         "t_end": t1,
@@ -382,6 +384,11 @@ async def publish_role(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": time.process_time() - cpu0,
         "errors": client.errors[:5],
     }
+    print("RESULT " + json.dumps(result), flush=True)
+    # Stay connected until told (or --linger s): the server may still be working through what we sent.
+    with contextlib.suppress(asyncio.TimeoutError):
+        await read_line(args.linger)
+    return result
 
 
 def main() -> None:
@@ -393,6 +400,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=50, help="subscribers that decode every delivery")
     parser.add_argument("--expect", type=int, default=0, help="messages each subscriber should get")
     parser.add_argument("--warmup", type=int, default=0, help="first messages not timed (subscribe)")
+    parser.add_argument("--linger", type=float, default=60.0, help="seconds to stay connected after (publish)")
     parser.add_argument("--rate", type=float, default=1000.0, help="messages per second (publish)")
     args = parser.parse_args()
     raise_nofile_limit()
@@ -402,9 +410,10 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    role = subscribe_role if args.role == "subscribe" else publish_role
-    result = asyncio.run(role(args))
-    print("RESULT " + json.dumps(result), flush=True)
+    if args.role == "subscribe":
+        print("RESULT " + json.dumps(asyncio.run(subscribe_role(args))), flush=True)
+    else:
+        asyncio.run(publish_role(args))
 
 
 if __name__ == "__main__":
