@@ -5,11 +5,17 @@
 and can be stopped and started again on the same port to simulate an
 outage. Whoever starts it must call :meth:`RedisServer.kill` (the
 ``redis_server`` fixture of ``test_hub.py`` does so at teardown).
+``appendonly=True`` turns AOF on (``appendfsync always``), so that a restart
+keeps the data.
+
+``RedisCluster`` starts three such servers with ``--cluster-enabled yes``
+and joins them with ``redis-cli --cluster create`` (no replicas).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -56,9 +62,10 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; see the module docstring."""
 
-    def __init__(self, executable: str, port: Optional[int] = None) -> None:
+    def __init__(self, executable: str, port: Optional[int] = None, *, appendonly: bool = False) -> None:
         self.executable = executable
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.process: Optional[subprocess.Popen[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="tornado_websocket_redis_")
         self._log_path = os.path.join(self._dir, "redis.log")
@@ -100,7 +107,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
             "--daemonize", "no",
             "--dir", self._dir,
             "--logfile", self._log_path,
@@ -141,3 +149,93 @@ class RedisServer:
     def cleanup(self) -> None:
         self.kill()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def find_redis_cli() -> Optional[str]:
+    """The path of ``redis-cli`` (next to redis-server, then ``PATH``), or None."""
+    server = find_redis_server()
+    candidates = [os.path.join(os.path.dirname(server), "redis-cli") if server else None, shutil.which("redis-cli")]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def command(port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """Send one command to 127.0.0.1:``port``; return the raw first reply (enough for status and bulk strings)."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(b"".join(parts))
+        answer = sock.recv(65536)
+        if answer.startswith(b"$"):
+            size = int(answer[1 : answer.index(b"\r\n")])
+            while len(answer) < size + len(str(size)) + 5:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        return answer
+
+
+def free_cluster_port() -> int:
+    """A free port P <= 55535 whose cluster bus port P + 10000 is free too."""
+    for _ in range(200):
+        port = 20000 + secrets.randbelow(30000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class ClusterNode(RedisServer):
+    def __init__(self, executable: str) -> None:
+        super().__init__(executable, free_cluster_port())
+
+    def _command(self) -> list[str]:
+        return [
+            *super()._command(),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", os.path.join(self._dir, "nodes.conf"),
+            "--cluster-node-timeout", "2000",
+        ]  # fmt: skip
+
+
+class RedisCluster:
+    """Three cluster-enabled ``redis-server`` processes on free 127.0.0.1 ports, joined by ``redis-cli``."""
+
+    def __init__(self, executable: str, cli: str, size: int = 3) -> None:
+        self.cli = cli
+        self.nodes = [ClusterNode(executable) for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [self.cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-yes"],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        while not all(b"cluster_state:ok" in command(n.port, "CLUSTER", "INFO") for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.05)  # polls the cluster's state (bounded by the deadline)
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any, Optional
 
 import pytest
@@ -15,11 +16,18 @@ import tornado.web
 from conftest import TIMEOUT, bounded
 
 import tornado_websocket
-from tornado_websocket.channels import ChannelsHandler, publish_json
-from tornado_websocket.channels_client import ChannelMessage, ChannelsClient, ChannelsError, RecoveryFailed
+from tornado_websocket.channels import ChannelsHandler, default_hub, publish_json
+from tornado_websocket.channels_client import (
+    ChannelMessage,
+    ChannelsClient,
+    ChannelsDisconnected,
+    ChannelsError,
+    PresenceEvent,
+    RecoveryFailed,
+)
 from tornado_websocket.channels_history import ChannelHistory, HistorySettings, effective_since, resolve
 from tornado_websocket.channels_memory import MemoryBackend
-from tornado_websocket.hub import Hub
+from tornado_websocket.hub import Hub, HubUnavailableError
 
 # -- history -------------------------------------------------------------------------
 
@@ -373,3 +381,101 @@ def test_serve_refuses_several_processes_without_a_shared_backend():
     app = tornado.web.Application([(r"/channels", ChannelsHandler, {"hub": Hub()})])
     with pytest.raises(ValueError, match="MemoryBackend"):
         tornado_websocket.serve(app, 0, processes=2)
+
+
+@pytest.mark.asyncio
+async def test_client_fails_over_to_the_next_url(harness):
+    hub = Hub()
+    port = serve(harness, hub)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{unused.getsockname()[1]}/channels"  # nothing listens there
+    good = harness.url("/channels", port)
+    client = ChannelsClient([dead, good], reconnect_min=0.01, reconnect_max=0.05)
+    try:
+        await client.connect(TIMEOUT)
+        assert client.url == good and client.connected
+    finally:
+        await client.close()
+    assert not client.connected
+
+
+@pytest.mark.asyncio
+async def test_client_presence_unsubscribe_and_iteration(harness):
+    hub = Hub()
+    port = serve(harness, hub)
+    client = ChannelsClient(harness.url("/channels", port))
+    await client.connect(TIMEOUT)
+    head = await bounded(client.subscribe("room", presence=True, info="me"))
+    with pytest.raises(ValueError):
+        await client.subscribe("room")
+    listing = await client.next_event(TIMEOUT)
+    assert isinstance(listing, PresenceEvent) and (listing.kind, listing.members) == ("presence", [])
+    joined = await client.next_event(TIMEOUT)
+    assert joined.kind == "join" and joined.member == {"id": joined.member["id"], "info": "me"}
+    client.request_presence("room")
+    listing = await client.next_event(TIMEOUT)
+    assert listing.kind == "presence" and listing.members == [joined.member]
+    await bounded(client.subscribe("other"))
+    await publish_json(hub, "room", 1)
+    assert (await client.next_event(TIMEOUT)).data == 1
+    assert client.position("room") == (head["epoch"], 1)
+    client.unsubscribe("room")
+    client.unsubscribe("room")  # again: nothing
+    await bounded(wait_for_subscribers(hub, "room", 0))
+    await publish_json(hub, "room", "not for me")
+    await publish_json(hub, "other", "for me")
+    seen = []
+
+    async def iterate() -> None:
+        async for event in client:
+            seen.append(event)
+            if len(seen) == 1:
+                await client.close()  # iteration ends after what was queued
+
+    await bounded(iterate())
+    assert [e.data for e in seen] == ["for me"]
+    with pytest.raises(ChannelsDisconnected):
+        await client.next_event(TIMEOUT)
+
+
+async def wait_for_subscribers(hub: Hub, channel: str, count: int) -> None:
+    while hub.subscribers(channel) != count:
+        await asyncio.sleep(0.01)  # polls hub state (bounded by the caller)
+
+
+class FlakyBackendHandler(ChannelsHandler):
+    """Answers the first subscribe of each connection as if the backend were down."""
+
+    refused = 0
+
+    def can_subscribe(self, channel: str) -> bool:
+        if not getattr(self, "_refused_once", False):
+            self._refused_once = True
+            FlakyBackendHandler.refused += 1
+            raise HubUnavailableError("the backend is down (for this test)")
+        return True
+
+
+@pytest.mark.asyncio
+async def test_client_subscribes_again_after_unavailable(harness):
+    hub = Hub()
+    port = harness.serve([(r"/channels", FlakyBackendHandler, {"hub": hub})])
+    client = ChannelsClient(harness.url("/channels", port), reconnect_min=0.01, reconnect_max=0.05)
+    try:
+        await client.connect(TIMEOUT)
+        head = await bounded(client.subscribe("room"))
+        assert head["recovered"] is True and FlakyBackendHandler.refused == 1
+    finally:
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_default_hub_and_bytes_published_by_server_code(harness):
+    port = harness.serve([(r"/channels", ChannelsHandler)])
+    client = await peer(harness, port=port)
+    await client.subscribe("room")
+    hub = default_hub()
+    assert hub is default_hub()
+    await hub.publish("room", "héllo".encode())
+    assert (await client.expect("message"))["data"] == "héllo"  # bytes become a JSON string

@@ -32,10 +32,13 @@ publishes to them directly uses :func:`publish_json` (or passes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
 from typing import Any, Awaitable, Optional, Union
+
+from tornado.log import app_log
 
 from tornado_websocket.channels_history import Data, Recovery
 from tornado_websocket.handler import WebSocketHandler
@@ -51,6 +54,7 @@ NOT_SUBSCRIBED = "not_subscribed"
 UNAVAILABLE = "unavailable"
 
 DEFAULT_MAX_CHANNELS = 100
+MAX_IN_FLIGHT = 256  # publishes of one connection on their way to the backend
 DEFAULT_PUBLISH_RATE = 50.0
 DEFAULT_PUBLISH_BURST = 100
 MAX_CHANNEL_LENGTH = 200
@@ -172,6 +176,7 @@ class ChannelsHandler(WebSocketHandler):
         self.publish_rate = float(setting(publish_rate, "publish_rate", DEFAULT_PUBLISH_RATE))
         self.publish_burst = int(setting(publish_burst, "publish_burst", DEFAULT_PUBLISH_BURST))
         self._bucket = _Bucket(self.publish_rate, self.publish_burst)
+        self._in_flight: set[asyncio.Future[int]] = set()
         self.member_id = secrets.token_hex(8)
 
     # -- the hooks -----------------------------------------------------------------
@@ -275,9 +280,28 @@ class ChannelsHandler(WebSocketHandler):
             raise _Refused(RATE_LIMITED, f"at most {self.publish_rate:g} messages a second")
         if not await self._allowed(self.can_publish(channel, data)):
             raise _Refused(FORBIDDEN, f"may not publish to {channel!r}")
-        offset = await self.hub.publish(channel, _dumps(data))
-        if "id" in request and not self.is_closing():
-            self.write_message(_dumps({"op": "published", "channel": channel, "offset": offset, "id": request["id"]}))
+        # Not awaited: the next message is read while this one is on its way (the hub keeps
+        # publishes in the order they were made); at most MAX_IN_FLIGHT are, then reading waits.
+        published = asyncio.ensure_future(self.hub.publish(channel, _dumps(data)))
+        self._in_flight.add(published)
+        published.add_done_callback(lambda future: self._published(future, request, channel))
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+
+    def _published(self, future: asyncio.Future[int], request: dict[str, Any], channel: str) -> None:
+        self._in_flight.discard(future)
+        if future.cancelled() or self.is_closing():
+            return
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, HubUnavailableError):
+                self.send_refusal(UNAVAILABLE, str(exc), request)
+            else:
+                app_log.error("publish to %r failed", channel, exc_info=exc)
+                self.send_refusal(UNAVAILABLE, "publish failed", request)
+        elif "id" in request:
+            answer = {"op": "published", "channel": channel, "offset": future.result(), "id": request["id"]}
+            self.write_message(_dumps(answer))
 
     async def _presence(self, request: dict[str, Any]) -> None:
         channel = self._channel(request)

@@ -84,6 +84,8 @@ class PresenceEvent:
 
 Event = Union[ChannelMessage, RecoveryFailed, PresenceEvent]
 
+_CLOSED: Any = object()  # put in the queue by close(): ends iteration
+
 
 class _Channel:
     __slots__ = ("epoch", "last", "presence", "info", "ready")
@@ -211,16 +213,37 @@ class ChannelsClient:
 
         return await asyncio.wait_for(send(), timeout)
 
+    def request_presence(self, channel: str) -> None:
+        """Ask for ``channel``'s member list; it comes as a :class:`PresenceEvent` of kind ``"presence"``."""
+        self._send({"op": "presence", "channel": channel})
+
     async def next_event(self, timeout: Optional[float] = None) -> Event:
-        """The next message or event (raises ``asyncio.TimeoutError`` after ``timeout``)."""
-        return await asyncio.wait_for(self._events.get(), timeout)
+        """The next message or event.
+
+        Raises ``asyncio.TimeoutError`` after ``timeout``, and
+        :class:`ChannelsDisconnected` once the client is closed and every event was taken.
+        """
+        if not self._events.empty():
+            event = self._events.get_nowait()  # the common case under load: no timer, no task
+        elif timeout is None:
+            event = await self._events.get()
+        else:
+            event = await asyncio.wait_for(self._events.get(), timeout)
+        if event is _CLOSED:
+            self._events.put_nowait(_CLOSED)  # for the next caller too
+            raise ChannelsDisconnected("the client is closed")
+        return event
 
     def __aiter__(self) -> AsyncIterator[Event]:
+        """Every message and event until :meth:`close`."""
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Event]:
-        while not self._closed or not self._events.empty():
-            yield await self._events.get()
+        while True:
+            try:
+                yield await self.next_event()
+            except ChannelsDisconnected:
+                return
 
     def drop_connection(self) -> None:
         """Abort the current connection (as a network failure would); the client reconnects. For tests."""
@@ -240,6 +263,8 @@ class ChannelsClient:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+        if self._events.maxsize == 0 or not self._events.full():
+            self._events.put_nowait(_CLOSED)
 
     # -- the connection -------------------------------------------------------------------
 

@@ -56,6 +56,12 @@ redis_log = logging.getLogger("tornado_websocket.hub")
 
 TEXT, BINARY, PRESENCE = b"t", b"b", b"p"
 
+#: At most this many publishes per pipeline.
+OUTBOX_BATCH = 512
+
+#: A publish waiting in the outbox: channel, keys, script arguments, its future.
+_Outgoing = tuple[str, list[str], list[Any], "asyncio.Future[int]"]
+
 # KEYS: seq, epoch, log.  ARGV: a new epoch, max_count, max_age_ms (0: none), kind+data, live channel, publish command.
 _PUBLISH = """
 local epoch = redis.call('GET', KEYS[2])
@@ -245,6 +251,7 @@ class _RedisChannels:
     def __init__(
         self,
         client: Any,
+        publisher: Any,
         *,
         prefix: str,
         history: Optional[HistorySettings],
@@ -256,6 +263,7 @@ class _RedisChannels:
 
         self.redis_errors: tuple[type[Exception], ...] = (OSError, redis.RedisError)
         self.client = client
+        self.publisher = publisher  # without retries: a publish retried after a lost answer could be stored twice
         self.prefix = prefix
         self.history_settings = history if history is not None else HistorySettings()
         self.reconnect_min = reconnect_min
@@ -270,6 +278,8 @@ class _RedisChannels:
         self._join = client.register_script(_JOIN)
         self._leave = client.register_script(_LEAVE)
         self._joined: dict[str, set[str]] = {}  # channel -> this process's member ids
+        self._outbox: list[_Outgoing] = []
+        self._flusher: Optional[asyncio.Future[None]] = None
         self._heartbeat: Optional[asyncio.Task[None]] = None
 
     # -- keys ------------------------------------------------------------------
@@ -330,15 +340,50 @@ class _RedisChannels:
                 raise _unavailable(again) from again
 
     async def publish(self, channel: str, message: Data) -> int:
+        """Publish through the outbox: publishes leave in the order they were made, many per round trip.
+
+        Not retried: a publish whose answer was lost fails with
+        HubUnavailableError although Redis may have stored it (a retry could
+        store it twice).
+        """
         payload = TEXT + message.encode("utf-8") if isinstance(message, str) else BINARY + message
         settings = self.history_settings
         max_age_ms = int(settings.max_age * 1000) if settings.max_age is not None else 0
-        seq, _ = await self._call(
-            self._publish,
-            self._history_keys(channel),
-            [new_epoch(), settings.max_count, max_age_ms, payload, self.key(channel, "live"), self.publish_command],
-        )
-        return int(seq)
+        args = [new_epoch(), settings.max_count, max_age_ms, payload, self.key(channel, "live"), self.publish_command]
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._outbox.append((channel, self._history_keys(channel), args, future))
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox[:OUTBOX_BATCH], self._outbox[OUTBOX_BATCH:]
+                await self._send_batch(batch)
+        finally:
+            self._flusher = None
+
+    async def _send_batch(self, batch: list[_Outgoing]) -> None:
+        """One pipeline (no transaction: the scripts are atomic each), in order."""
+        try:
+            pipe = self.publisher.pipeline(transaction=False)
+            pipe.scripts.add(self._publish)
+            for _, keys, args, _ in batch:
+                pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except self.redis_errors as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(_unavailable(exc))
+            return
+        for (*_, future), result in zip(batch, results):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(_unavailable(result))
+            else:
+                future.set_result(int(result[0]))
 
     async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Recovery:
         answer = await self._call(
@@ -475,6 +520,8 @@ class _RedisChannels:
         except Exception:
             pass
         await self.client.aclose()
+        if self.publisher is not self.client:
+            await self.publisher.aclose()
 
 
 class RedisBackend(_RedisChannels):
@@ -495,11 +542,14 @@ class RedisBackend(_RedisChannels):
         presence_ttl: float = 10.0,
     ) -> None:
         import redis.asyncio  # an optional dependency: fail here, with its own message
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         self.url = url
         self._redis_asyncio = redis.asyncio
         super().__init__(
             redis.asyncio.from_url(url),
+            redis.asyncio.from_url(url, retry=Retry(NoBackoff(), 0)),
             prefix=prefix,
             history=history,
             reconnect_min=reconnect_min,
@@ -544,6 +594,7 @@ class RedisClusterBackend(_RedisChannels):
         cluster = redis.asyncio.cluster.RedisCluster.from_url(url)
         super().__init__(
             cluster,
+            cluster,
             prefix=prefix,
             history=history,
             reconnect_min=reconnect_min,
@@ -552,6 +603,25 @@ class RedisClusterBackend(_RedisChannels):
         )
         self._by_node: dict[tuple[str, int], _Listener] = {}
         self._slot_nodes: Optional[dict[int, tuple[str, int]]] = None
+
+    async def _send_batch(self, batch: list[_Outgoing]) -> None:
+        """Per channel in order (one script at a time), the channels at the same time: they may be on any shard."""
+        by_channel: dict[str, list[_Outgoing]] = {}
+        for item in batch:
+            by_channel.setdefault(item[0], []).append(item)
+
+        async def send(items: list[_Outgoing]) -> None:
+            for _, keys, args, future in items:
+                try:
+                    result = await self._publish(keys=keys, args=args)
+                except self.redis_errors as exc:
+                    if not future.done():
+                        future.set_exception(_unavailable(exc))
+                    continue
+                if not future.done():
+                    future.set_result(int(result[0]))
+
+        await asyncio.gather(*(send(items) for items in by_channel.values()))
 
     def _node_of(self, channel: str) -> tuple[str, int]:
         from redis.crc import key_slot

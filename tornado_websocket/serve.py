@@ -6,9 +6,10 @@
     app = Application([(r"/channels", ChannelsHandler, {"hub": hub})])
     serve(app, 8888, processes=4)          # blocks until SIGINT or SIGTERM
 
-The listening socket is bound once (``bind_sockets(reuse_port=True)``) and
-inherited by N forked workers, as with Tornado's ``fork_processes``; the
-kernel hands each new connection to one of them. The parent forwards SIGINT
+The port is bound first in the parent (``bind_sockets(reuse_port=True)``,
+which also resolves port 0), then N workers are forked, as with Tornado's
+``fork_processes``; each binds its own ``SO_REUSEPORT`` socket on that port,
+so the kernel spreads new connections evenly over them. The parent forwards SIGINT
 and SIGTERM to the workers, and starts a worker again when one dies from
 anything else (at most ``max_restarts`` times). Each worker runs its own
 event loop and, on SIGINT or SIGTERM, :func:`~tornado_websocket.shutdown.shutdown`
@@ -118,17 +119,23 @@ def serve(
     if processes == 1:
         asyncio.run(_worker(app, sockets, 0, on_start))
         return
-    task_id = _fork(processes, max_restarts)
+    port = sockets[0].getsockname()[1]  # port 0 chose one: every worker takes the same
+    task_id = _fork(processes, max_restarts, sockets)
     if task_id is None:
-        for sock in sockets:
-            sock.close()
         return
-    asyncio.run(_worker(app, sockets, task_id, on_start))
+    # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads new connections evenly.
+    own = tornado.netutil.bind_sockets(port, address, reuse_port=True)
+    for sock in sockets:
+        sock.close()
+    asyncio.run(_worker(app, own, task_id, on_start))
     sys.exit(0)
 
 
-def _fork(processes: int, max_restarts: int) -> Optional[int]:
-    """Fork the workers; in a worker return its task id, in the parent supervise and return None once all ended."""
+def _fork(processes: int, max_restarts: int, sockets: list[socket.socket]) -> Optional[int]:
+    """Fork the workers; in a worker return its task id, in the parent supervise and return None once all ended.
+
+    The parent closes ``sockets`` once the first workers are forked (they bind their own).
+    """
     children: dict[int, int] = {}
     stopping = False
 
@@ -155,6 +162,8 @@ def _fork(processes: int, max_restarts: int) -> Optional[int]:
         for task_id in range(processes):
             if start(task_id):
                 return task_id
+        for sock in sockets:
+            sock.close()  # the workers bound their own; connections must not wait in this one
         restarts = 0
         while children:
             try:
