@@ -16,7 +16,9 @@ Measured from the first publish to the last delivery (or the drain limit):
   delivery they got, after the first ``--warmup`` messages);
 * messages missing, repeated or out of order at the sampled subscribers;
 * CPU used by each server, Redis and the load generator, so a load
-  generator that became the bottleneck shows.
+  generator that became the bottleneck shows; the servers' CPU per 1,000
+  deliveries; and how long the servers waited, runnable, for a CPU
+  (``/proc/<pid>/schedstat``), which shows a machine too busy to measure on.
 
 It prints a table (medians over the repetitions, ratios to python-socketio)
 and writes everything to ``bench/results/channels-<timestamp>.json``. Every
@@ -142,6 +144,15 @@ def start_redis(log: IO[bytes], workdir: str) -> tuple[Child, str]:
         time.sleep(0.05)  # polls readiness, bounded by the deadline
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds process ``pid`` (its main thread) spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def percentile(hist: dict[int, int], q: float) -> Optional[float]:
     total = sum(hist.values())
     if not total:
@@ -186,6 +197,7 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
             sub.expect("READY", START_TIMEOUT * 3)
         time.sleep(1.0)  # let the subscribe storm settle (presence, Redis) before measuring
         cpu0 = {c.name: proc_cpu_seconds(c.pid) for c in children}
+        wait0 = {c.name: runqueue_wait(c.pid) for c in children}
         sys0 = system_cpu()
         wall0 = time.monotonic()
         seconds = total / rate + args.drain
@@ -200,6 +212,7 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
         publisher.tell("STOP")
         wall = time.monotonic() - wall0
         cpu = {c.name: proc_cpu_seconds(c.pid) - cpu0[c.name] for c in children[:3] if c.proc.poll() is None}
+        waited = {c.name: runqueue_wait(c.pid) - wait0[c.name] for c in children[:3] if c.proc.poll() is None}
         sys1 = system_cpu()
     finally:
         for child in reversed(children):
@@ -223,6 +236,7 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
         "delivered_share": deliveries / expected if expected else 0.0,
         "deliveries_per_s": deliveries / span,
         "span_s": span,
+        "wall_s": wall,
         "p50_ms": (percentile(hist, 0.50) or 0.0) * 1e3,
         "p99_ms": (percentile(hist, 0.99) or 0.0) * 1e3,
         "max_ms": (bucket_value(max(hist)) if hist else 0.0) * 1e3,
@@ -234,6 +248,8 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
         "publish_rate": pub["rate_achieved"],
         "published": pub["sent"],
         "cpu_s": {**cpu, "loadgen-subscribers": [r["cpu_s"] for r in results], "loadgen-publisher": pub["cpu_s"]},
+        "server_cpu_ms_per_1000": sum(v for k, v in cpu.items() if "server" in k) / max(deliveries, 1) * 1e6,
+        "runqueue_wait_s": waited,
         "cpu_util": {
             "servers": sum(v for k, v in cpu.items() if "server" in k) / wall,
             "redis": cpu.get("redis", 0.0) / wall,
@@ -273,7 +289,9 @@ def table(summary: dict[str, dict[str, Any]], rate: float, args: argparse.Namesp
         ("delivered (share of expected)", "delivered_share", True),
         ("latency p50 (ms)", "p50_ms", False),
         ("latency p99 (ms)", "p99_ms", False),
+        ("server CPU per 1,000 deliveries (ms)", "server_cpu_ms_per_1000", False),
         ("server CPU (cores, 2 processes)", "cpu_servers", None),
+        ("servers' wait for a CPU (share of wall)", "server_wait", None),
         ("busiest load generator process (cores)", "cpu_loadgen", None),
     ]
     kinds = [k for k in KINDS if k in summary]
@@ -330,7 +348,8 @@ def main() -> int:
                         f"repeated {result['sampled_repeats']} reordered {result['sampled_reordered']} "
                         f"cpu servers {result['cpu_util']['servers']:.2f} "
                         f"loadgen {result['cpu_util']['loadgen_max_process']:.2f} "
-                        f"other {result['cpu_util']['other']:.2f}",
+                        f"other {result['cpu_util']['other']:.2f} "
+                        f"cpu/1000 {result['server_cpu_ms_per_1000']:.1f} ms",
                         flush=True,
                     )
     summary: dict[str, dict[str, dict[str, Any]]] = {}
@@ -340,8 +359,11 @@ def main() -> int:
         for kind, results in runs[f"{rate:g}"].items():
             per_kind[kind] = {
                 key: statistics.median(r[key] for r in results)
-                for key in ("deliveries_per_s", "delivered_share", "p50_ms", "p99_ms")
+                for key in ("deliveries_per_s", "delivered_share", "p50_ms", "p99_ms", "server_cpu_ms_per_1000")
             }
+            per_kind[kind]["server_wait"] = statistics.median(
+                sum(v for k, v in r["runqueue_wait_s"].items() if "server" in k) / 2 / r["wall_s"] for r in results
+            )
             per_kind[kind]["cpu_servers"] = statistics.median(r["cpu_util"]["servers"] for r in results)
             per_kind[kind]["cpu_loadgen"] = statistics.median(r["cpu_util"]["loadgen_max_process"] for r in results)
             per_kind[kind]["other_cpu"] = statistics.median(r["cpu_util"]["other"] for r in results)
