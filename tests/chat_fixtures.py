@@ -168,8 +168,8 @@ class ChatServer(Process):
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def ws_url(self, room: str = "lobby") -> str:
-        return f"ws://127.0.0.1:{self.port}/ws?room={room}"
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/channels"
 
     def serves_page(self) -> bool:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2.0)
@@ -227,62 +227,126 @@ class Processes:
 
 
 class ChatClient:
-    """One chat connection; :meth:`expect` reads (bounded) until a message of a type arrives."""
+    """One connection to ``/channels`` in a room's channel, speaking the channels protocol.
 
-    def __init__(self, conn: tornado_websocket.WebSocketClientConnection) -> None:
+    :meth:`recv` keeps ``members`` (member id -> nickname) up to date from the
+    presence events and ``offset`` / ``epoch`` from the messages, so that
+    :meth:`resume` can subscribe again (on any process) from where it stood.
+    """
+
+    def __init__(self, conn: tornado_websocket.WebSocketClientConnection, room: str) -> None:
         self.conn = conn
-        self.nick: Optional[str] = None
-        self.hello: dict[str, Any] = {}
+        self.room = room
+        self.channel = f"room:{room}"
+        self.nick = ""
+        self.subscribed: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self.members_info: dict[str, dict[str, Any]] = {}  # member id -> presence info
+        self.offset: Optional[int] = None
+        self.epoch: Optional[str] = None
 
     @classmethod
     async def connect(cls, server: ChatServer, room: str = "lobby") -> ChatClient:
-        conn = await tornado_websocket.websocket_connect(server.ws_url(room), connect_timeout=STEP)
-        return cls(conn)
+        conn = await tornado_websocket.websocket_connect(server.ws_url(), connect_timeout=STEP)
+        return cls(conn, room)
 
     @classmethod
     async def join(cls, server: ChatServer, nick: str, room: str = "lobby") -> ChatClient:
-        """Connect and say hello; wait for the hello and the history."""
+        """Connect and subscribe with ``since: 0`` and presence, as the page does; read the history."""
         client = await cls.connect(server, room)
-        await client.send({"type": "hello", "nick": nick})
-        client.hello = await client.expect("hello")
-        client.nick = client.hello["nick"]
-        client.history = (await client.expect("history"))["messages"]
+        await client.subscribe(nick, since=0)
         return client
+
+    async def subscribe(self, nick: str, since: Optional[int] = None, epoch: Optional[str] = None) -> None:
+        """Subscribe (with presence as ``nick``); wait for ``subscribed`` and the history it announces."""
+        request: dict[str, Any] = {"op": "subscribe", "channel": self.channel, "presence": True, "info": {"nick": nick}}
+        if since is not None:
+            request["since"] = since
+        if epoch is not None:
+            request["epoch"] = epoch
+        await self.send(request)
+        self.subscribed = await self.expect("subscribed")
+        latest = self.subscribed["offset"]
+        self.epoch = self.subscribed["epoch"]
+        self.history = []
+        if since is None:
+            self.offset = latest
+            return
+        self.offset = since if epoch in (None, self.epoch) else 0
+        while self.offset < latest:  # the history: what follows `since`, up to the latest
+            self.history.append((await self.expect("message"))["data"])
+
+    @classmethod
+    async def resume(cls, server: ChatServer, old: ChatClient, nick: str) -> ChatClient:
+        """A new connection to ``server`` that subscribes from where ``old`` stood (its offset and epoch)."""
+        client = await cls.connect(server, old.room)
+        await client.subscribe(nick, since=old.offset or 0, epoch=old.epoch)
+        return client
+
+    @property
+    def members(self) -> dict[str, str]:
+        """Member id -> nickname."""
+        return {member_id: info["nick"] for member_id, info in self.members_info.items()}
+
+    def users(self) -> list[str]:
+        return sorted(set(self.members.values()))
 
     async def send(self, obj: dict[str, Any]) -> None:
         await asyncio.wait_for(self.conn.write_message(json.dumps(obj)), STEP)
 
-    async def say(self, text: str) -> None:
-        await self.send({"type": "message", "text": text})
+    async def say(self, text: str, **extra: Any) -> None:
+        await self.send({"op": "publish", "channel": self.channel, "data": {"text": text, **extra}})
 
     async def recv(self, timeout: float = STEP) -> Optional[dict[str, Any]]:
-        """The next message (decoded), ``None`` once the connection is closed."""
+        """The next message (decoded; presence and offsets noted), ``None`` once the connection is closed."""
         raw = await asyncio.wait_for(self.conn.read_message(), timeout)
         if raw is None:
             return None
         data: dict[str, Any] = json.loads(raw)
+        op = data.get("op")
+        if op == "presence":
+            self.members_info = {m["id"]: m["info"] for m in data["members"]}
+        elif op == "join":
+            self.members_info[data["member"]["id"]] = data["member"]["info"]
+        elif op == "leave":
+            self.members_info.pop(data["member"]["id"], None)
+        elif op == "message":
+            self.offset, self.epoch = data["offset"], data["epoch"]
         return data
 
     async def expect(
-        self, kind: str, where: Optional[Callable[[dict[str, Any]], bool]] = None, timeout: float = STEP
+        self, op: str, where: Optional[Callable[[dict[str, Any]], bool]] = None, timeout: float = STEP
     ) -> dict[str, Any]:
-        """Read until a message of type ``kind`` (and matching ``where``) arrives; skip the others."""
+        """Read until a message with this ``op`` (and matching ``where``) arrives; skip the others."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise AssertionError(f"no {kind!r} message within {timeout:.0f} s")
+                raise AssertionError(f"no {op!r} message within {timeout:.0f} s")
             try:
                 data = await self.recv(remaining)
             except asyncio.TimeoutError:
-                raise AssertionError(f"no {kind!r} message within {timeout:.0f} s") from None
+                raise AssertionError(f"no {op!r} message within {timeout:.0f} s") from None
             if data is None:
                 raise AssertionError(
-                    f"closed ({self.conn.close_code} {self.conn.close_reason!r}) while waiting for {kind!r}"
+                    f"closed ({self.conn.close_code} {self.conn.close_reason!r}) while waiting for {op!r}"
                 )
-            if data.get("type") == kind and (where is None or where(data)):
+            if data.get("op") == op and (where is None or where(data)):
                 return data
+
+    async def expect_users(self, *nicks: str, timeout: float = STEP) -> None:
+        """Read until the room's presence is exactly ``nicks``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.users() != sorted(nicks):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"presence is {self.users()}, not {sorted(nicks)}, after {timeout:.0f} s")
+            try:
+                data = await self.recv(remaining)
+            except asyncio.TimeoutError:
+                continue
+            if data is None:
+                raise AssertionError("closed while waiting for presence")
 
     async def expect_closed(self, timeout: float = STEP) -> Optional[int]:
         """Read (and drop) messages until the server closes; return its close code."""

@@ -1,10 +1,9 @@
-// The chat page: one WebSocket to /ws?room=NAME speaking the JSON protocol of chat.py.
-// Everything the server or other users send is shown with textContent, never as HTML.
+// The chat page: the channel "room:NAME" of /channels through the package's channels.js.
+// channels.js reconnects, resumes from the last offset shown and hands each message over once, in
+// order; this file renders. Everything users send is shown with textContent, never as HTML.
 "use strict";
 
 (() => {
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 10000;
   const MAX_RENDERED = 500; // messages kept on the page
   const NICK_KEY = "chat.nick";
 
@@ -24,16 +23,11 @@
   };
 
   const room = new URLSearchParams(location.search).get("room") || "lobby";
+  const channel = "room:" + room;
   ui.room.textContent = "#" + room;
-
-  let socket = null; // the current WebSocket, or null between attempts
-  let attempt = 0; // failed attempts since the last successful hello
-  let myNick = null;
-  let historyLoaded = false; // live messages wait in `early` until the history is shown
-  let early = [];
-  let presenceRev = -1; // per connection: a presence older than this one is stale
+  const members = new Map(); // member id -> {nick, process}
   let noticeTimer = null;
-  const seen = new Set(); // message ids on the page
+  let wasOpen = false;
 
   function storedNick() {
     try { return localStorage.getItem(NICK_KEY) || ""; } catch { return ""; }
@@ -41,6 +35,10 @@
 
   function storeNick(nick) {
     try { localStorage.setItem(NICK_KEY, nick); } catch { /* private mode: not remembered */ }
+  }
+
+  function myNick() {
+    return ui.nick.value.trim() || storedNick() || "guest";
   }
 
   function setStatus(state, text) {
@@ -62,44 +60,31 @@
     return `hsl(${hash % 360}, 55%, 38%)`;
   }
 
-  function isScrolledDown() {
-    const m = ui.messages;
-    return m.scrollHeight - m.scrollTop - m.clientHeight < 40;
-  }
-
-  function trim() {
-    while (ui.messages.children.length > MAX_RENDERED) {
-      const first = ui.messages.firstElementChild;
-      if (first.dataset.id) seen.delete(first.dataset.id);
-      first.remove();
-    }
-  }
-
   function append(li) {
-    const stick = isScrolledDown();
-    ui.messages.appendChild(li);
-    trim();
-    if (stick) ui.messages.scrollTop = ui.messages.scrollHeight;
+    const m = ui.messages;
+    const stick = m.scrollHeight - m.scrollTop - m.clientHeight < 40;
+    m.appendChild(li);
+    while (m.children.length > MAX_RENDERED) m.firstElementChild.remove();
+    if (stick) m.scrollTop = m.scrollHeight;
   }
 
-  function addMessage(m) {
-    if (!m || typeof m.id !== "string" || seen.has(m.id)) return;
-    seen.add(m.id);
+  function addMessage(data, meta) {
+    if (!data || typeof data !== "object") return;
     const li = document.createElement("li");
-    li.dataset.id = m.id;
-    if (m.nick === myNick) li.classList.add("mine");
+    li.dataset.offset = String(meta.offset);
+    if (data.nick === myNick()) li.classList.add("mine");
     const time = document.createElement("time");
     time.className = "time";
-    const date = new Date(m.ts);
+    const date = new Date(Number(data.ts) || 0);
     time.dateTime = date.toISOString();
     time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     const nick = document.createElement("span");
     nick.className = "nick";
-    nick.textContent = String(m.nick);
-    nick.style.color = nickColor(String(m.nick));
+    nick.textContent = String(data.nick);
+    nick.style.color = nickColor(String(data.nick));
     const text = document.createElement("span");
     text.className = "text";
-    text.textContent = String(m.text);
+    text.textContent = String(data.text);
     li.append(time, nick, text);
     append(li);
   }
@@ -111,107 +96,88 @@
     append(li);
   }
 
-  function renderUsers(users) {
-    ui.users.replaceChildren(...users.map((nick) => {
+  function renderUsers() {
+    const byNick = new Map(); // nickname -> the processes serving it
+    for (const { nick, process } of members.values()) {
+      if (!byNick.has(nick)) byNick.set(nick, new Set());
+      if (process !== undefined) byNick.get(nick).add(String(process));
+    }
+    const nicks = [...byNick.keys()].sort((a, b) => a.localeCompare(b));
+    ui.users.replaceChildren(...nicks.map((nick) => {
       const li = document.createElement("li");
       li.textContent = nick;
-      if (nick === myNick) li.classList.add("me");
+      li.title = "served by process " + [...byNick.get(nick)].join(", ");
+      li.dataset.process = [...byNick.get(nick)].join(" ");
+      if (nick === myNick()) li.classList.add("me");
       return li;
     }));
-    ui.userCount.textContent = String(users.length);
+    ui.userCount.textContent = String(nicks.length);
   }
 
-  function send(obj) {
-    if (socket && socket.readyState === WebSocket.OPEN) {
-      socket.send(JSON.stringify(obj));
-      return true;
+  function onPresence(event) {
+    const entry = (member) => {
+      const info = (member && member.info) || {};
+      return { nick: String(info.nick || "guest"), process: info.process };
+    };
+    if (event.op === "presence") {
+      members.clear();
+      for (const member of event.members || []) members.set(member.id, entry(member));
+    } else if (event.op === "join" && event.member) {
+      members.set(event.member.id, entry(event.member));
+    } else if (event.op === "leave" && event.member) {
+      members.delete(event.member.id);
     }
-    return false;
+    renderUsers();
   }
 
-  function handle(data) {
-    switch (data.type) {
-      case "hello": {
-        const wanted = storedNick();
-        myNick = data.nick;
-        ui.nick.value = data.nick;
-        if (data.limits && data.limits.max_length) ui.text.maxLength = data.limits.max_length;
-        if (wanted && wanted !== data.nick) showNotice(`“${wanted}” is taken here; you are “${data.nick}”.`);
-        attempt = 0;
-        setStatus("open", `Connected as ${data.nick}`);
-        break;
-      }
-      case "history":
-        for (const m of data.messages || []) addMessage(m);
-        for (const m of early) addMessage(m);
-        early = [];
-        historyLoaded = true;
-        break;
-      case "message":
-        if (historyLoaded) addMessage(data); else early.push(data);
-        break;
-      case "presence":
-        if (typeof data.rev === "number" && data.rev <= presenceRev) break;
-        presenceRev = data.rev;
-        renderUsers(Array.isArray(data.users) ? data.users : []);
-        break;
-      case "nick": {
-        const wanted = storedNick();
-        myNick = data.nick;
-        ui.nick.value = data.nick;
-        if (wanted && wanted !== data.nick) showNotice(`“${wanted}” is taken here; you are “${data.nick}”.`);
-        setStatus("open", `Connected as ${data.nick}`);
-        break;
-      }
-      case "error":
-        showNotice(String(data.message || data.code));
-        break;
-      default:
-        break;
+  const client = new TornadoChannels.Client("/channels");
+  window.chatClient = client; // for the browser tests and the curious
+
+  const sub = client.subscribe(channel, {
+    since: 0, // the first time: the room's recent history
+    presence: true,
+    info: { nick: myNick() },
+    onMessage: addMessage,
+    onPresence,
+    onSubscribed(info) {
+      setStatus("open", `Connected as ${myNick()}`);
+      if (info.resumed && info.recovered) ui.notice.hidden = true;
+    },
+    onGap(info) {
+      const why = info.reason === "epoch" ? "the room's history was reset" : "they are no longer kept";
+      addSystem(`Some messages sent while you were away could not be recovered (${why}).`);
+      showNotice("Reconnected, but some messages were lost.");
+    },
+    onError(error) {
+      showNotice(String(error.reason || error.code));
+    },
+  });
+
+  client.on("state", (state, detail) => {
+    if (state === "open") {
+      members.clear(); // a fresh listing follows the subscription
+      renderUsers();
+      wasOpen = true;
+      return;
     }
-  }
-
-  function connect() {
-    setStatus("connecting", attempt ? `Reconnecting (attempt ${attempt + 1})…` : "Connecting…");
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    const ws = new WebSocket(`${scheme}${location.host}/ws?room=${encodeURIComponent(room)}`);
-    socket = ws;
-    historyLoaded = false;
-    early = [];
-    presenceRev = -1;
-    ws.onopen = () => {
-      // Ask for the name the user chose (the server may grant "name-2" if it is taken).
-      ws.send(JSON.stringify({ type: "hello", nick: storedNick() || ui.nick.value.trim() }));
-    };
-    ws.onmessage = (event) => {
-      let data;
-      try { data = JSON.parse(event.data); } catch { return; }
-      if (data && typeof data.type === "string") handle(data);
-    };
-    ws.onclose = (event) => {
-      if (socket !== ws) return;
-      socket = null;
-      const wasJoined = myNick !== null && ui.status.dataset.state === "open";
-      if (wasJoined) addSystem(`Disconnected${event.reason ? ": " + event.reason : ""} (${event.code})`);
-      scheduleReconnect(event);
-    };
-  }
-
-  // Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to 10 s between attempts.
-  function scheduleReconnect(event) {
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
-    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
-    attempt += 1;
-    const why = event.code === 1006 ? "Connection lost" : `Disconnected (${event.code})`;
-    setStatus("closed", `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s…`);
-    setTimeout(connect, delay);
-  }
+    if (state === "connecting") {
+      setStatus("connecting", detail.attempt > 1 ? `Reconnecting (attempt ${detail.attempt})…` : "Connecting…");
+    } else if (state === "closed" && !detail.final) {
+      const why = detail.code === 1006 ? "Connection lost" : `Disconnected (${detail.code})`;
+      if (wasOpen) addSystem(`${why}; reconnecting…`);
+      wasOpen = false;
+      setStatus("closed", `${why}; reconnecting in ${(detail.retryIn / 1000).toFixed(1)} s…`);
+    }
+  });
+  client.on("error", (error) => {
+    if (!error.channel) showNotice(String(error.reason || error.code));
+  });
 
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = ui.text.value;
     if (!text.trim()) return;
-    if (send({ type: "message", text })) {
+    if (client.publish(channel, { text })) {
       ui.text.value = "";
     } else {
       showNotice("Not connected; the message was not sent.");
@@ -224,10 +190,9 @@
     const nick = ui.nick.value.trim();
     if (!nick) return;
     storeNick(nick);
-    send({ type: "nick", nick });
+    sub.update({ info: { nick } }); // subscribe again (from where we are) with the new name
     ui.text.focus();
   });
 
   ui.nick.value = storedNick();
-  connect();
 })();
