@@ -30,6 +30,8 @@ fi
 bash scripts/ci/ops.sh  # prometheus-client, python-socks, tinyproxy, microsocks, haproxy (issue 16)
 # The PyPI applications tests/realapps runs (dask distributed, jupyter_server, bokeh).
 bash scripts/ci/realapps.sh
+sh scripts/ci/channels.sh   # redis-cli (the Redis Cluster fixture), nftables and iproute2 (the lossy-link test) (issue 13)
+bash scripts/ci/firefox.sh  # Debian's firefox-esr and puppeteer-core for the interop matrix (issue 15)
 
 echo "== ruff"
 ruff check tornado_websocket tests demos bench scripts fuzz
@@ -41,6 +43,10 @@ echo "== pytest (with line coverage of the package, per module; at least 95%)"
 python3 -m pytest -p no:cacheprovider --cov=tornado_websocket --cov-report=term --cov-fail-under=95 \
     --ignore=tests/test_hostile.py "$@"
 python3 -m pytest -p no:cacheprovider -q tests/test_hostile.py
+echo "== the documentation site (Sphinx, warnings are errors) and its doctests"
+bash scripts/ci/docs.sh
+echo "== the release files on every supported Python (3.9-3.13), and without a C compiler"
+bash scripts/ci/pythons.sh
 echo "== the core suites again on uvloop"
 TORNADO_WEBSOCKET_TEST_LOOP=uvloop python3 -m pytest -p no:cacheprovider -q \
     tests/test_frames.py tests/test_protocol.py tests/test_server_wire.py tests/test_client.py \
