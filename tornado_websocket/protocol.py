@@ -645,7 +645,7 @@ class Protocol:
         """Bytes encoded for the wire so far (every frame, control frames included).
 
         Kept as the messages' payload bytes plus a base header per message
-        plus :attr:`_sent_extra` (longer headers, compression, control
+        plus ``_sent_extra`` (longer headers, compression, control
         frames), so that a small message costs no third counter.
         """
         return self._sent_extra + self.message_bytes_sent + self.messages_sent * self._base_header
