@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -33,6 +34,8 @@ class LogCollector(logging.Handler):
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             line += f" [{type(exc).__name__}: {exc}]"
+            if os.environ.get("SCENARIO_TRACEBACKS"):
+                traceback.print_exception(exc, file=sys.stderr)
         self.lines.append(line[:500])
 
 

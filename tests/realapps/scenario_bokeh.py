@@ -112,6 +112,12 @@ def main() -> dict[str, Any]:
         after = await conn.read_message()
         return {"ack": '"ACK"' in (ack[0] or ""), "after": after, "close_code": conn.close_code}
 
+    # Bokeh's keep-alive job calls client_lost() (detaching the session) for a connection whose ping
+    # raises WebSocketClosedError, that is one closing; its on_close then fails on "assert self._session".
+    # A race of bokeh's own, on tornado.websocket as on ours, when a ping falls in the closing handshake:
+    # the pings were checked above, so they stop before the malformed client makes the server close.
+    assert server._tornado._ping_job is not None
+    server._tornado._ping_job.stop()
     malformed = loop.run_sync(malformed_client, timeout=STEP_TIMEOUT)
     server.stop()
     loop.close(all_fds=True)
