@@ -525,3 +525,41 @@ async def test_a_slow_consumer_is_closed_with_1013_and_comes_back_with_since(har
     latest = resumed["offset"]
     for offset in range(offsets[-1] + 1, latest + 1):
         await back.expect("message", offset=offset)
+
+
+class CountingBackend(MemoryBackend):
+    """The in-process backend, counting the history reads the hub asks of it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reads = 0
+
+    async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Any:
+        self.reads += 1
+        return await super().recover(channel, since, epoch)
+
+
+@pytest.mark.asyncio
+async def test_recoveries_within_what_the_hub_delivered_need_no_history_read(harness):
+    backend = CountingBackend()
+    hub = Hub(backend, recent_size=10)
+    serve(harness, hub)
+    keeper = await peer(harness)
+    head = await keeper.subscribe("room")  # keeps the channel live in this process
+    assert backend.reads == 1
+    for i in range(30):
+        await publish_json(hub, "room", i)
+    for i in range(30):
+        await keeper.expect("message", data=i)
+    late = await peer(harness)
+    resumed = await late.subscribe("room", since=25, epoch=head["epoch"])
+    assert resumed["recovered"] is True and resumed["offset"] == 30
+    assert [(await late.expect("message"))["offset"] for _ in range(5)] == [26, 27, 28, 29, 30]
+    assert backend.reads == 1, "a recovery inside the recent messages read the backend"
+    older = await peer(harness)
+    resumed = await older.subscribe("room", since=5, epoch=head["epoch"])  # before the recent 10
+    assert resumed["recovered"] is True and backend.reads == 2
+    assert [(await older.expect("message"))["offset"] for _ in range(25)] == list(range(6, 31))
+    other_epoch = await peer(harness)
+    resumed = await other_epoch.subscribe("room", since=25, epoch="lost")
+    assert resumed["recovered"] is False and backend.reads == 3

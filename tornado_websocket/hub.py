@@ -40,12 +40,14 @@ the channel's history from the last offset it delivered and goes on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Optional, Protocol
 
 from tornado_websocket.broadcast import broadcast
-from tornado_websocket.channels_history import Data, Recovery
+from tornado_websocket.channels_history import Data, Entry, Recovery
 from tornado_websocket.channels_memory import MemoryBackend
 from tornado_websocket.connection import PreparedMessage, WebSocketConnection
 from tornado_websocket.errors import WebSocketError
@@ -168,7 +170,7 @@ class _Pending:
 class _Channel:
     """This process's side of one channel."""
 
-    __slots__ = ("groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer")
+    __slots__ = ("groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer", "recent")
 
     def __init__(self, ready: Awaitable[None]) -> None:
         self.groups: dict[Framing, set[WebSocketConnection]] = {}
@@ -179,6 +181,34 @@ class _Channel:
         self.last = 0
         self.ready = asyncio.ensure_future(ready)
         self.resync_buffer: Optional[list[tuple[str, int, Data]]] = None
+        # The last messages delivered here, consecutive offsets ending at `last` in `epoch`: recoveries
+        # from within it need no backend read (everyone coming back after a blip asks for the same tail).
+        self.recent: deque[Entry] = deque()
+
+    def remember(self, entries: list[Entry], limit: int) -> None:
+        """Put history ``entries`` (of ``epoch``, consecutive, ending at or before ``last``) in front of ``recent``."""
+        if not entries or not limit:
+            return
+        recent = self.recent
+        end = entries[-1][0]
+        if recent and recent[0][0] == end + 1:
+            recent.extendleft(reversed(entries[-(limit - len(recent)) :] if len(recent) < limit else []))
+        elif not recent and end == self.last:
+            recent.extend(entries[-limit:])
+
+    def recover_locally(self, since: Optional[int], epoch: Optional[str]) -> Optional[Recovery]:
+        """The recovery of ``since`` from ``recent`` alone, or None if it needs the backend."""
+        if since is None or self.epoch is None or self.resync_buffer is not None:
+            return None
+        if epoch is not None and epoch != self.epoch:
+            return None
+        if since == self.last:
+            return Recovery(self.epoch, self.last, [], True)
+        recent = self.recent
+        if not recent or since < recent[0][0] - 1 or since > self.last:
+            return None
+        start = since + 1 - recent[0][0]
+        return Recovery(self.epoch, self.last, list(itertools.islice(recent, start, None)), True)
 
     def live(self, connection: WebSocketConnection) -> bool:
         return any(connection in members for members in self.groups.values())
@@ -191,6 +221,9 @@ class Hub:
     (the default) or a Redis backend of :mod:`~tornado_websocket.channels_redis`.
     A subscription whose live delivery does not start within
     ``subscribe_timeout`` seconds (Redis is down) fails with :class:`HubUnavailableError`.
+    The hub keeps the last ``recent_size`` messages it delivered per channel,
+    so that subscribers coming back within them are answered without reading
+    the backend's history.
     """
 
     def __init__(
@@ -200,9 +233,11 @@ class Hub:
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         slow_consumer_code: int = CloseCode.TRY_AGAIN_LATER,
         subscribe_timeout: float = 5.0,
+        recent_size: int = 1000,
     ) -> None:
         self.backend: Any = backend if backend is not None else MemoryBackend()
         self.subscribe_timeout = subscribe_timeout
+        self.recent_size = recent_size
         self.max_pending_bytes = max_pending_bytes
         self.slow_consumer_code = slow_consumer_code
         self._channels: dict[str, _Channel] = {}
@@ -266,11 +301,20 @@ class Hub:
     ) -> Optional[Subscription]:
         """Read history for a new subscriber, then send it, its held-back live messages, and make it live."""
         try:
-            try:
-                await asyncio.wait_for(asyncio.shield(state.ready), self.subscribe_timeout)
-            except asyncio.TimeoutError:
-                raise HubUnavailableError(f"live delivery of {channel!r} did not start in {self.subscribe_timeout} s")
-            recovery = await self.backend.recover(channel, pending.since, pending.epoch)
+            if not state.ready.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(state.ready), self.subscribe_timeout)
+                except asyncio.TimeoutError:
+                    raise HubUnavailableError(
+                        f"live delivery of {channel!r} did not start in {self.subscribe_timeout} s"
+                    )
+            else:
+                state.ready.result()
+            recovery = state.recover_locally(pending.since, pending.epoch)
+            if recovery is None:
+                recovery = await self.backend.recover(channel, pending.since, pending.epoch)
+                if recovery.epoch == state.epoch and recovery.recovered:
+                    state.remember(recovery.entries, self.recent_size)
             members = await self.backend.members(channel) if pending.member is not None else None
         except BaseException:
             if state.pending.get(connection) is pending:
@@ -284,6 +328,8 @@ class Hub:
         del state.pending[connection]
         if state.epoch is None:
             state.epoch, state.last = recovery.epoch, max(state.last, recovery.offset)
+            if recovery.recovered and state.last == recovery.offset:
+                state.remember(recovery.entries, self.recent_size)
         if pending.since is None:
             # Live from the subscription on: the offset is the one before the first held-back message.
             first = next((offset for epoch, offset, _ in pending.buffer if epoch == recovery.epoch), None)
@@ -390,12 +436,20 @@ class Hub:
         self._dispatch(channel, state, epoch, offset, message)
 
     def _dispatch(self, channel: str, state: _Channel, epoch: str, offset: int, message: Data) -> None:
+        recent = state.recent
         if state.epoch == epoch:
             if offset <= state.last:
                 return  # delivered already (history read after a reconnect overlaps the live stream)
+            if offset != state.last + 1:
+                recent.clear()  # a gap history could not fill: only consecutive offsets are kept
         else:
             state.epoch = epoch  # a new history (or the first message here)
+            recent.clear()
         state.last = offset
+        if self.recent_size:
+            recent.append((offset, message))
+            if len(recent) > self.recent_size:
+                recent.popleft()
         for pending in state.pending.values():
             pending.buffer.append((epoch, offset, message))
         for framing, members in state.groups.items():
