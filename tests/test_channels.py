@@ -395,7 +395,7 @@ async def test_client_fails_over_to_the_next_url(harness):
     client = ChannelsClient([dead, good], reconnect_min=0.01, reconnect_max=0.05)
     try:
         await client.connect(TIMEOUT)
-        assert client.url == good and client.connected
+        assert client.url == good + "?batch=1" and client.connected
     finally:
         await client.close()
     assert not client.connected
@@ -504,6 +504,7 @@ async def test_a_slow_consumer_is_closed_with_1013_and_comes_back_with_since(har
     big = "x" * (128 * 1024)
     for i in range(400):  # 50 MiB at most: far more than the socket buffers hold
         await publish_json(hub, "room", {"i": i, "pad": big})
+        await asyncio.sleep(0)  # one loop turn: the hub sends what was published in it
         if hub.subscribers("room") == 0 or tornado_websocket.metrics.STATS.slow_consumers_closed > closed_before:
             break
     else:
@@ -563,3 +564,30 @@ async def test_recoveries_within_what_the_hub_delivered_need_no_history_read(har
     other_epoch = await peer(harness)
     resumed = await other_epoch.subscribe("room", since=25, epoch="lost")
     assert resumed["recovered"] is False and backend.reads == 3
+
+
+@pytest.mark.asyncio
+async def test_batch_clients_get_what_leaves_together_in_one_frame_one_per_line(harness):
+    hub = Hub()
+    serve(harness, hub)
+    single = await peer(harness)
+    batched = await peer(harness, "/channels?batch=1")
+    await single.subscribe("room")
+    await batched.subscribe("room")
+
+    async def burst() -> None:  # published in one turn of the event loop
+        for i in range(10):
+            await publish_json(hub, "room", i)
+
+    await burst()
+    got = [await single.expect("message") for _ in range(10)]
+    assert [m["data"] for m in got] == list(range(10))  # one message per frame
+    frame = await bounded(batched.ws.recv())
+    lines = [json.loads(line) for line in frame.split("\n")]
+    assert [m["data"] for m in lines] == list(range(10)) and {m["op"] for m in lines} == {"message"}
+    # Recovery comes joined too: subscribed, then the history, in as few frames as MAX_JOINED allows.
+    late = await peer(harness, "/channels?batch=1")
+    await late.send(op="subscribe", channel="room", since=0, epoch=got[0]["epoch"])
+    lines = [json.loads(line) for line in (await bounded(late.ws.recv())).split("\n")]
+    assert lines[0]["op"] == "subscribed" and lines[0]["recovered"] is True
+    assert [m["offset"] for m in lines[1:]] == list(range(1, 11))

@@ -108,7 +108,11 @@ class Framing:
 
     Subclasses return the text (or bytes) to send, or ``None`` to send nothing.
     Each method is called once per event per process, not per subscriber.
+    A framing with a ``joiner`` (say ``"\\n"``) has several events that leave
+    at the same time joined into one WebSocket message with it.
     """
+
+    joiner: Optional[str] = None
 
     def message(self, channel: str, epoch: str, offset: int, message: Data) -> Data:
         return message
@@ -146,6 +150,19 @@ def _as_connection(target: Any) -> WebSocketConnection:
     return connection
 
 
+#: At most this many events in one joined WebSocket message.
+MAX_JOINED = 256
+
+
+def _joined(framing: Framing, parts: list[Data]) -> list[Data]:
+    """``parts`` as they leave: joined by the framing's joiner (in groups of MAX_JOINED), or one by one."""
+    joiner = framing.joiner
+    if joiner is None or len(parts) < 2:
+        return parts
+    texts = [part if isinstance(part, str) else part.decode("utf-8") for part in parts]
+    return [joiner.join(texts[i : i + MAX_JOINED]) for i in range(0, len(texts), MAX_JOINED)]
+
+
 def _send(connection: WebSocketConnection, data: Data) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     connection.send_prepared(PreparedMessage(payload, type(data) is bytes))
@@ -170,9 +187,14 @@ class _Pending:
 class _Channel:
     """This process's side of one channel."""
 
-    __slots__ = ("groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer", "recent")
+    __slots__ = (
+        "name", "groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer", "recent",
+        "queued",
+    )  # fmt: skip
 
-    def __init__(self, ready: Awaitable[None]) -> None:
+    def __init__(self, name: str, ready: Awaitable[None]) -> None:
+        self.name = name
+        self.queued: list[tuple[str, int, Data]] = []  # delivered here, not yet sent to the live members
         self.groups: dict[Framing, set[WebSocketConnection]] = {}
         self.pending: dict[WebSocketConnection, _Pending] = {}
         self.watchers: dict[WebSocketConnection, Framing] = {}  # subscribers that get presence events
@@ -243,6 +265,7 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[WebSocketConnection, set[str]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._dirty: list[_Channel] = []  # channels with queued messages, sent at the end of the loop turn
         self.backend.start(self)
 
     # -- subscribing ---------------------------------------------------------------
@@ -279,7 +302,7 @@ class Hub:
             return done
         state = self._channels.get(channel)
         if state is None:
-            state = self._channels[channel] = _Channel(self.backend.channel_added(channel))
+            state = self._channels[channel] = _Channel(channel, self.backend.channel_added(channel))
         pending = state.pending.get(connection)
         if pending is not None and pending.task is not None:
             return pending.task
@@ -335,21 +358,25 @@ class Hub:
             first = next((offset for epoch, offset, _ in pending.buffer if epoch == recovery.epoch), None)
             if first is not None and first - 1 < recovery.offset:
                 recovery = Recovery(recovery.epoch, first - 1, [], True)
+        self._flush(state)  # the live members get what is queued; the newcomer has it in its buffer
         framing = pending.framing
+        parts: list[Data] = []
         head = framing.subscribed(channel, recovery)
         if head is not None:
-            _send(connection, head)
+            parts.append(head)
         if members is not None:
             listing = framing.members(channel, members)
             if listing is not None:
-                _send(connection, listing)
+                parts.append(listing)
         for offset, message in recovery.entries:
-            _send(connection, framing.message(channel, recovery.epoch, offset, message))
+            parts.append(framing.message(channel, recovery.epoch, offset, message))
         covered = recovery.offset if pending.since is not None else -1
         for epoch, offset, message in pending.buffer:
             if epoch == recovery.epoch and offset <= covered:
                 continue  # history had it
-            _send(connection, framing.message(channel, epoch, offset, message))
+            parts.append(framing.message(channel, epoch, offset, message))
+        for data in _joined(framing, parts):
+            _send(connection, data)
         state.groups.setdefault(framing, set()).add(connection)
         if pending.member is not None:
             member_id, info = pending.member
@@ -452,8 +479,31 @@ class Hub:
                 recent.popleft()
         for pending in state.pending.values():
             pending.buffer.append((epoch, offset, message))
+        if state.groups:
+            if not state.queued:
+                self._dirty.append(state)
+                if len(self._dirty) == 1:
+                    asyncio.get_running_loop().call_soon(self._flush_dirty)
+            state.queued.append((epoch, offset, message))
+            if len(state.queued) >= MAX_JOINED:
+                self._flush(state)  # a publisher that does not yield: keep the queue (and delay) bounded
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for state in dirty:
+            self._flush(state)
+
+    def _flush(self, state: _Channel) -> None:
+        """Send the channel's queued messages to its live members: what arrived in one loop turn leaves together."""
+        events = state.queued
+        if not events:
+            return
+        state.queued = []
+        channel = state.name
         for framing, members in state.groups.items():
-            self._fan_out(channel, members, framing.message(channel, epoch, offset, message))
+            parts = [framing.message(channel, epoch, offset, message) for epoch, offset, message in events]
+            for data in _joined(framing, parts):
+                self._fan_out(channel, members, data)
 
     def _fan_out(self, channel: str, members: set[WebSocketConnection], data: Data) -> None:
         """Send ``data`` to ``members``; close the ones that fall behind."""
@@ -501,6 +551,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None or not state.watchers:
             return
+        self._flush(state)  # messages delivered before the event leave before it
         encoded: dict[Framing, Optional[Data]] = {}
         for connection, framing in state.watchers.items():
             if framing not in encoded:
