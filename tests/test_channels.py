@@ -623,3 +623,25 @@ async def test_a_gap_history_cannot_fill_is_passed_over(harness, caplog):
     await publish_json(hub, "room", 2)
     assert [(await client.expect("message"))["offset"] for _ in range(2)] == [1, 3]
     assert any("incomplete" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_crowd_coming_back_costs_one_history_read(harness):
+    backend = CountingBackend()
+    hub = Hub(backend)
+    serve(harness, hub)
+    first = await peer(harness)
+    head = await first.subscribe("room")
+    await first.send(op="unsubscribe", channel="room")
+    await first.expect("unsubscribed")
+    assert hub.subscribers("room") == 0 and backend.reads == 1
+    for i in range(10):
+        await publish_json(hub, "room", i)  # nobody here sees these live
+    crowd = [await peer(harness) for _ in range(8)]
+    for member in crowd:
+        await member.send(op="subscribe", channel="room", since=0, epoch=head["epoch"])
+    for member in crowd:
+        resumed = await member.expect("subscribed", recovered=True)
+        assert resumed["offset"] == 10
+        assert [(await member.expect("message"))["data"] for _ in range(10)] == list(range(10))
+    assert backend.reads == 2, f"{backend.reads - 1} history reads for one crowd"
