@@ -395,7 +395,7 @@ async def test_client_fails_over_to_the_next_url(harness):
     client = ChannelsClient([dead, good], reconnect_min=0.01, reconnect_max=0.05)
     try:
         await client.connect(TIMEOUT)
-        assert client.url == good and client.connected
+        assert client.url == good + "?batch=1" and client.connected
     finally:
         await client.close()
     assert not client.connected
@@ -504,6 +504,7 @@ async def test_a_slow_consumer_is_closed_with_1013_and_comes_back_with_since(har
     big = "x" * (128 * 1024)
     for i in range(400):  # 50 MiB at most: far more than the socket buffers hold
         await publish_json(hub, "room", {"i": i, "pad": big})
+        await asyncio.sleep(0)  # one loop turn: the hub sends what was published in it
         if hub.subscribers("room") == 0 or tornado_websocket.metrics.STATS.slow_consumers_closed > closed_before:
             break
     else:
@@ -525,3 +526,122 @@ async def test_a_slow_consumer_is_closed_with_1013_and_comes_back_with_since(har
     latest = resumed["offset"]
     for offset in range(offsets[-1] + 1, latest + 1):
         await back.expect("message", offset=offset)
+
+
+class CountingBackend(MemoryBackend):
+    """The in-process backend, counting the history reads the hub asks of it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reads = 0
+
+    async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Any:
+        self.reads += 1
+        return await super().recover(channel, since, epoch)
+
+
+@pytest.mark.asyncio
+async def test_recoveries_within_what_the_hub_delivered_need_no_history_read(harness):
+    backend = CountingBackend()
+    hub = Hub(backend, recent_size=10)
+    serve(harness, hub)
+    keeper = await peer(harness)
+    head = await keeper.subscribe("room")  # keeps the channel live in this process
+    assert backend.reads == 1
+    for i in range(30):
+        await publish_json(hub, "room", i)
+    for i in range(30):
+        await keeper.expect("message", data=i)
+    late = await peer(harness)
+    resumed = await late.subscribe("room", since=25, epoch=head["epoch"])
+    assert resumed["recovered"] is True and resumed["offset"] == 30
+    assert [(await late.expect("message"))["offset"] for _ in range(5)] == [26, 27, 28, 29, 30]
+    assert backend.reads == 1, "a recovery inside the recent messages read the backend"
+    older = await peer(harness)
+    resumed = await older.subscribe("room", since=5, epoch=head["epoch"])  # before the recent 10
+    assert resumed["recovered"] is True and backend.reads == 2
+    assert [(await older.expect("message"))["offset"] for _ in range(25)] == list(range(6, 31))
+    other_epoch = await peer(harness)
+    resumed = await other_epoch.subscribe("room", since=25, epoch="lost")
+    assert resumed["recovered"] is False and backend.reads == 3
+
+
+@pytest.mark.asyncio
+async def test_batch_clients_get_what_leaves_together_in_one_frame_one_per_line(harness):
+    hub = Hub()
+    serve(harness, hub)
+    single = await peer(harness)
+    batched = await peer(harness, "/channels?batch=1")
+    await single.subscribe("room")
+    await batched.subscribe("room")
+
+    async def burst() -> None:  # published in one turn of the event loop
+        for i in range(10):
+            await publish_json(hub, "room", i)
+
+    await burst()
+    got = [await single.expect("message") for _ in range(10)]
+    assert [m["data"] for m in got] == list(range(10))  # one message per frame
+    frame = await bounded(batched.ws.recv())
+    lines = [json.loads(line) for line in frame.split("\n")]
+    assert [m["data"] for m in lines] == list(range(10)) and {m["op"] for m in lines} == {"message"}
+    # Recovery comes joined too: subscribed, then the history, in as few frames as MAX_JOINED allows.
+    late = await peer(harness, "/channels?batch=1")
+    await late.send(op="subscribe", channel="room", since=0, epoch=got[0]["epoch"])
+    lines = [json.loads(line) for line in (await bounded(late.ws.recv())).split("\n")]
+    assert lines[0]["op"] == "subscribed" and lines[0]["recovered"] is True
+    assert [m["offset"] for m in lines[1:]] == list(range(1, 11))
+
+
+@pytest.mark.asyncio
+async def test_a_gap_in_live_delivery_is_filled_from_history(harness):
+    backend = MemoryBackend()
+    hub = Hub(backend)
+    serve(harness, hub)
+    client = await peer(harness)
+    await client.subscribe("room")
+    for i in range(3):
+        await publish_json(hub, "room", i)
+    # A backend that skipped one (say, a lost pub/sub message): offset 4 is in history, never delivered.
+    backend._history("room").append(json.dumps(3))
+    await publish_json(hub, "room", 4)  # offset 5: the hub sees the gap and reads history
+    await publish_json(hub, "room", 5)  # arrives while it reads
+    assert [(await client.expect("message"))["offset"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+    await publish_json(hub, "room", "end")
+    await client.expect("message", offset=7, data="end")
+
+
+@pytest.mark.asyncio
+async def test_a_gap_history_cannot_fill_is_passed_over(harness, caplog):
+    backend = MemoryBackend(HistorySettings(max_count=0))
+    hub = Hub(backend)
+    serve(harness, hub)
+    client = await peer(harness)
+    await client.subscribe("room")
+    await publish_json(hub, "room", 0)
+    backend._history("room").append(json.dumps("lost"))  # offset 2: not delivered, not kept
+    await publish_json(hub, "room", 2)
+    assert [(await client.expect("message"))["offset"] for _ in range(2)] == [1, 3]
+    assert any("incomplete" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_crowd_coming_back_costs_one_history_read(harness):
+    backend = CountingBackend()
+    hub = Hub(backend)
+    serve(harness, hub)
+    first = await peer(harness)
+    head = await first.subscribe("room")
+    await first.send(op="unsubscribe", channel="room")
+    await first.expect("unsubscribed")
+    assert hub.subscribers("room") == 0 and backend.reads == 1
+    for i in range(10):
+        await publish_json(hub, "room", i)  # nobody here sees these live
+    crowd = [await peer(harness) for _ in range(8)]
+    for member in crowd:
+        await member.send(op="subscribe", channel="room", since=0, epoch=head["epoch"])
+    for member in crowd:
+        resumed = await member.expect("subscribed", recovered=True)
+        assert resumed["offset"] == 10
+        assert [(await member.expect("message"))["data"] for _ in range(10)] == list(range(10))
+    assert backend.reads == 2, f"{backend.reads - 1} history reads for one crowd"
