@@ -30,6 +30,7 @@ class MemoryBackend:
         self._members: dict[str, dict[str, Any]] = {}
 
     def start(self, sink: Sink) -> None:
+        """Attach to the hub (:meth:`tornado_websocket.hub.Backend.start`)."""
         self._sink = sink
 
     def _history(self, channel: str) -> ChannelHistory:
@@ -39,14 +40,16 @@ class MemoryBackend:
         return history
 
     def channel_added(self, channel: str) -> asyncio.Future[None]:
+        """Nothing to start in one process: an already completed future."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
 
     def channel_removed(self, channel: str) -> None:
-        pass
+        """Nothing to stop in one process."""
 
     async def publish(self, channel: str, message: Data) -> int:
+        """Append ``message`` to the channel's history, deliver it to this process's subscribers; return its offset."""
         assert self._sink is not None, "the backend is not attached to a Hub"
         history = self._history(channel)
         offset = history.append(message)
@@ -54,9 +57,11 @@ class MemoryBackend:
         return offset
 
     async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Recovery:
+        """What the channel's history holds after ``since`` in ``epoch``."""
         return self._history(channel).recover(since, epoch)
 
     async def join(self, channel: str, member_id: str, info: Any) -> None:
+        """Add ``member_id`` to the channel's presence (a join event, once per member)."""
         assert self._sink is not None, "the backend is not attached to a Hub"
         members = self._members.setdefault(channel, {})
         if member_id not in members:
@@ -64,6 +69,7 @@ class MemoryBackend:
             self._sink.presence_event(channel, "join", member_id, info)
 
     async def leave(self, channel: str, member_id: str) -> None:
+        """Remove ``member_id`` from the channel's presence (a leave event, if it was present)."""
         assert self._sink is not None, "the backend is not attached to a Hub"
         members = self._members.get(channel)
         if members is None or member_id not in members:
@@ -74,7 +80,8 @@ class MemoryBackend:
         self._sink.presence_event(channel, "leave", member_id, info)
 
     async def members(self, channel: str) -> dict[str, Any]:
+        """The channel's present members, by id, with their info."""
         return dict(self._members.get(channel, {}))
 
     async def close(self) -> None:
-        pass
+        """Nothing to release: history and presence stay in memory."""

@@ -319,9 +319,11 @@ class _RedisChannels:
         raise NotImplementedError
 
     def channel_added(self, channel: str) -> asyncio.Future[None]:
+        """Subscribe to the channel's pub/sub; the future completes once Redis confirmed it."""
         return self._listener(channel).add(channel)
 
     def channel_removed(self, channel: str) -> None:
+        """Unsubscribe from the channel's pub/sub."""
         self._listener(channel).remove(channel)
 
     def is_subscribed(self, channel: str) -> bool:
@@ -672,6 +674,7 @@ class RedisClusterBackend(_RedisChannels):
         return list(self._by_node.values())
 
     def channel_added(self, channel: str) -> asyncio.Future[None]:
+        """SSUBSCRIBE on the shard that holds the channel's slot (known after the first command)."""
         if not self.client.nodes_manager.slots_cache:
             # The slots come with the first command: subscribe once they are known.
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

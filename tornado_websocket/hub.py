@@ -84,23 +84,44 @@ class Backend(Protocol):
 
     shared: bool
 
-    def start(self, sink: Sink) -> None: ...
+    def start(self, sink: Sink) -> None:
+        """Attach to the hub: from now on what arrives goes to ``sink``."""
 
-    def channel_added(self, channel: str) -> Awaitable[None]: ...
+    def channel_added(self, channel: str) -> Awaitable[None]:
+        """This process has its first subscriber of ``channel``: start its live delivery.
 
-    def channel_removed(self, channel: str) -> None: ...
+        The awaitable completes once delivery is on (a Redis subscription
+        confirmed), and fails if it cannot be started.
+        """
 
-    async def publish(self, channel: str, message: Data) -> int: ...
+    def channel_removed(self, channel: str) -> None:
+        """This process has no subscriber of ``channel`` left: live delivery may stop."""
 
-    async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Recovery: ...
+    async def publish(self, channel: str, message: Data) -> int:
+        """Store ``message`` in the channel's history and deliver it; return its offset.
 
-    async def join(self, channel: str, member_id: str, info: Any) -> None: ...
+        Raises :class:`HubUnavailableError` when the backend cannot confirm
+        that it was stored (with Redis, one whose answer was lost may still
+        have been stored: see docs/channels.md).
+        """
 
-    async def leave(self, channel: str, member_id: str) -> None: ...
+    async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Recovery:
+        """What the channel's history holds after ``since`` in ``epoch`` (see :class:`Recovery`).
 
-    async def members(self, channel: str) -> dict[str, Any]: ...
+        Raises :class:`HubUnavailableError` when the history cannot be read.
+        """
 
-    async def close(self) -> None: ...
+    async def join(self, channel: str, member_id: str, info: Any) -> None:
+        """Add ``member_id`` (with ``info``) to the channel's presence; a join event goes to every process."""
+
+    async def leave(self, channel: str, member_id: str) -> None:
+        """Remove ``member_id`` from the channel's presence; a leave event goes to every process."""
+
+    async def members(self, channel: str) -> dict[str, Any]:
+        """The channel's present members, by id, with the info each joined with."""
+
+    async def close(self) -> None:
+        """Stop live delivery and presence, and release connections; the backend cannot be used after."""
 
 
 class Framing:
@@ -115,15 +136,19 @@ class Framing:
     joiner: Optional[str] = None
 
     def message(self, channel: str, epoch: str, offset: int, message: Data) -> Data:
+        """What to send for a message published at ``offset``; the base sends ``message`` itself."""
         return message
 
     def subscribed(self, channel: str, recovery: Recovery) -> Optional[Data]:
+        """What to send a new subscriber before its history and live messages; the base sends nothing."""
         return None
 
     def presence(self, channel: str, kind: str, member_id: str, info: Any) -> Optional[Data]:
+        """What to send for a ``"join"`` or ``"leave"`` of ``member_id``; the base sends nothing."""
         return None
 
     def members(self, channel: str, members: dict[str, Any]) -> Optional[Data]:
+        """What to send in answer to a request for the channel's members; the base sends nothing."""
         return None
 
 
