@@ -277,7 +277,7 @@ def _index_page(modules: list[str]) -> str:
         "may import what are in :doc:`../architecture`.",
         "",
         ".. toctree::",
-        "   :maxdepth: 1",
+        "   :hidden:",
         "",
     ]
     lines += [f"   {name}" for name in modules]

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Every Python the package claims, from the built release files (issue 15).
 #
-# 1. `python -m build`: the sdist, and the wheel built from it; `twine check` on both.
-# 2. For each of pyenv's 3.9, 3.10, 3.11, 3.12 and 3.13: a fresh venv, the SDIST installed into it (so the C
-#    extension is compiled by that Python), and the core suites run from a copy of tests/ outside the
-#    source tree, so the installed copy is what is tested (checked: site-packages, _speedups compiled).
-#    Each resolves its own Tornado: 6.6 needs Python 3.10+, so 3.9 gets 6.5 (the oldest we support is 6.3).
-# 3. The sdist installed with CC=false (no compiler: no C extension) on 3.11, the core suites again.
-# 4. The wheel (built by this machine's python3, 3.11) installed on 3.11: the frames and handshake suites.
-# 5. The sdist on 3.13 and the whole suite there (what has no 3.13 build, such as atheris, is left out and
-#    its tests skip). The whole suite on 3.11 is scripts/test.sh's main run.
+# 1. `python -m build`: the sdist, and the wheel built from it by this machine's python3 (3.11, so the C
+#    extension compiled from the sdist); `twine check --strict` on both; the sdist's contents checked.
+# 2. Each of pyenv's 3.9, 3.10, 3.11, 3.12, 3.13 in a fresh venv, with the package installed from a release
+#    file: the SDIST on 3.9, 3.10, 3.12 and 3.13 (so the C extension is compiled by that Python), the WHEEL on
+#    3.11 (where it was built). Tests run from a copy of the checkout without the package, so the installed
+#    copy is what they test (checked: imported from site-packages, C extension present). 3.9 and 3.10 get
+#    Tornado 6.5 (6.6 needs 3.11; the oldest supported is 6.3). The core suites (CORE_SUITES) on each;
+#    the whole suite on 3.13 (FULL_SUITE_PYTHON), whatever of the test extra installs there; the whole
+#    suite on 3.11 is scripts/test.sh's main run.
+# 3. The sdist with CC=false (no compiler, so no C extension) on 3.11: the core suites again.
 #
 # Usage: bash scripts/ci/pythons.sh [VERSION...]   (default: 3.9 3.10 3.11 3.12 3.13)
 # Environment: PYTHONS_KEEP=1 keeps the temporary directory; PYENV_ROOT as pyenv's.
@@ -20,7 +21,8 @@ SOURCE=$PWD
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
 FULL_SUITE_PYTHON=${FULL_SUITE_PYTHON:-3.13}
-NO_COMPILER_PYTHON=${NO_COMPILER_PYTHON:-3.11}
+WHEEL_PYTHON=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')  # the wheel is for this one
+NO_COMPILER_PYTHON=$WHEEL_PYTHON
 
 # The suites that run on every Python: the Sans-I/O core, the driver, both faces, the handshake and the
 # client's way out (proxy, TLS). Each is a test module per package module.
@@ -29,7 +31,8 @@ CORE_SUITES=(
     test_handler.py test_proxy.py test_connection.py test_endpoint.py test_options.py test_layering.py
 )
 # What they need of the test extra (scripts/ci/requirements.py reads the versions from pyproject.toml).
-CORE_REQUIREMENTS=(pytest pytest-timeout pytest-asyncio pytest-xdist hypothesis trustme websockets)
+CORE_REQUIREMENTS=(pytest pytest-timeout pytest-asyncio pytest-xdist hypothesis trustme websockets requests)
+SOCKS='python-socks[asyncio]>=2.4'  # as scripts/ci/ops.sh installs it (not in the test extra)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/pythons.XXXXXX")
 cleanup() { [ -n "${PYTHONS_KEEP:-}" ] || rm -rf "$work"; }
@@ -42,9 +45,10 @@ python3 -m build --outdir "$work/dist" "$SOURCE" > "$work/build.log" 2>&1 || { t
 sdist=$(ls "$work"/dist/*.tar.gz)
 wheel=$(ls "$work"/dist/*.whl)
 python3 -m twine check --strict "$sdist" "$wheel"
-# The sdist carries what a build from it needs and what the docs and tests read.
+# The sdist carries what a build from it needs, and the docs and tests (MANIFEST.in).
 members=$(tar -tzf "$sdist")
-for member in tornado_websocket/_speedups.c tornado_websocket/py.typed setup.py pyproject.toml README.md LICENSE; do
+for member in tornado_websocket/_speedups.c tornado_websocket/py.typed setup.py pyproject.toml README.md LICENSE \
+    CHANGELOG.md docs/conf.py tests/conftest.py; do
     grep -q "/$member\$" <<< "$members" || { echo "the sdist lacks $member" >&2; exit 1; }
 done
 ls -l "$work/dist"
@@ -64,13 +68,13 @@ find_python() {  # pyenv's newest X.Y, or nothing
 }
 
 mapfile -t core_requirements < <(python3 scripts/ci/requirements.py test --only "${CORE_REQUIREMENTS[@]}")
+core_requirements+=("$SOCKS")
 
 # venv VERSION NAME: a fresh venv of pyenv's Python VERSION at $work/NAME; its python is printed.
 venv() {
     local python
     python=$(find_python "$1") || { echo "no Python $1 in pyenv" >&2; return 1; }
     "$python" -m venv "$work/$2"
-    "$work/$2/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     echo "$work/$2/bin/python"
 }
 
@@ -100,46 +104,62 @@ run_suites() {  # PYTHON LABEL [pytest args...]
     (cd "$work/run" && "$python" -m pytest -p no:cacheprovider -q -n 2 "$@")
 }
 
+# pip_install PYTHON ARG...: pip install into the venv of PYTHON, quietly.
+pip_install() {
+    local python=$1
+    shift
+    "$python" -m pip install --quiet --disable-pip-version-check "$@"
+}
+
+# The whole test extra, as far as it installs on PYTHON (what has no build there is left out: its tests skip).
+install_test_extra() {
+    local python=$1 requirement
+    mapfile -t all_requirements < <(python3 scripts/ci/requirements.py test)
+    pip_install "$python" 'prometheus-client>=0.20' "$SOCKS"
+    if ! pip_install "$python" "${all_requirements[@]}" > "$work/pip.log" 2>&1; then
+        for requirement in "${all_requirements[@]}"; do
+            pip_install "$python" "$requirement" > "$work/pip.log" 2>&1 \
+                || echo "note: '$requirement' does not install on this Python: the tests that need it skip"
+        done
+    fi
+}
+
 failed=()
 for version in "${versions[@]}"; do
-    echo "== Python $version: the sdist, compiled here; the core suites $(elapsed)"
+    release=$sdist what="the sdist, compiled by this Python"
+    if [ "$version" = "$WHEEL_PYTHON" ]; then
+        release=$wheel what="the wheel built from the sdist"
+    fi
+    if [ "$version" = "$FULL_SUITE_PYTHON" ]; then
+        echo "== Python $version: $what; the whole suite $(elapsed)"
+    else
+        echo "== Python $version: $what; the core suites $(elapsed)"
+    fi
     if ! python=$(venv "$version" "py$version"); then
         failed+=("$version (no interpreter)")
         continue
     fi
-    "$python" -m pip install --quiet --disable-pip-version-check "$sdist" "${core_requirements[@]}"
+    pip_install "$python" "$release" "${core_requirements[@]}"
     check_install "$python" yes
-    suites=("${CORE_SUITES[@]/#/tests/}")
-    run_suites "$python" "Python $version" "${suites[@]}" || failed+=("$version")
+    if [ "$version" = "$FULL_SUITE_PYTHON" ]; then
+        install_test_extra "$python"
+        # As scripts/test.sh: tests/test_hostile.py (it bounds memory growth) alone; tests/realapps is
+        # scripts/ci/realapps.sh's (pinned applications, not part of the test extra).
+        run_suites "$python" "Python $version" --ignore=tests/test_hostile.py --ignore=tests/realapps \
+            || failed+=("$version")
+        (cd "$work/run" && "$python" -m pytest -p no:cacheprovider -q tests/test_hostile.py) \
+            || failed+=("$version (test_hostile.py)")
+    else
+        run_suites "$python" "Python $version" "${CORE_SUITES[@]/#/tests/}" || failed+=("$version")
+    fi
 done
 
 echo "== Python $NO_COMPILER_PYTHON, CC=false: the sdist without the C extension; the core suites $(elapsed)"
 python=$(venv "$NO_COMPILER_PYTHON" "nocc")
-CC=false "$python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "$sdist" "${core_requirements[@]}"
+CC=false pip_install "$python" --no-cache-dir "$sdist" "${core_requirements[@]}"
 check_install "$python" no
-TORNADO_WEBSOCKET_EXPECT_NO_EXTENSION=1 run_suites "$python" "no compiler" "${CORE_SUITES[@]/#/tests/}" || failed+=("CC=false")
-
-echo "== Python $NO_COMPILER_PYTHON: the wheel (built here, for this Python); the frames and handshake suites $(elapsed)"
-python=$(venv "$NO_COMPILER_PYTHON" "wheel")
-"$python" -m pip install --quiet --disable-pip-version-check "$wheel" "${core_requirements[@]}"
-check_install "$python" yes
-run_suites "$python" "wheel" tests/test_frames.py tests/test_handshake.py || failed+=("wheel")
-
-echo "== Python $FULL_SUITE_PYTHON: the sdist, the whole suite $(elapsed)"
-python=$(venv "$FULL_SUITE_PYTHON" "full")
-mapfile -t all_requirements < <(python3 scripts/ci/requirements.py test)
-"$python" -m pip install --quiet --disable-pip-version-check "$sdist" 'prometheus-client>=0.20' 'python-socks[asyncio]>=2.4'
-if ! "$python" -m pip install --quiet --disable-pip-version-check "${all_requirements[@]}" > "$work/pip.log" 2>&1; then
-    # One at a time: what has no build for this Python (atheris, say) is left out, and its tests skip.
-    for requirement in "${all_requirements[@]}"; do
-        "$python" -m pip install --quiet --disable-pip-version-check "$requirement" > "$work/pip.log" 2>&1 \
-            || echo "note: '$requirement' does not install on Python $FULL_SUITE_PYTHON: the tests that need it skip"
-    done
-fi
-check_install "$python" yes
-# As scripts/test.sh: tests/test_hostile.py (bounds memory growth) alone; tests/realapps is scripts/ci/realapps.sh's.
-run_suites "$python" "full suite" --ignore=tests/test_hostile.py --ignore=tests/realapps || failed+=("$FULL_SUITE_PYTHON full")
-(cd "$work/run" && "$python" -m pytest -p no:cacheprovider -q tests/test_hostile.py) || failed+=("$FULL_SUITE_PYTHON hostile")
+TORNADO_WEBSOCKET_EXPECT_NO_EXTENSION=1 run_suites "$python" "no compiler" "${CORE_SUITES[@]/#/tests/}" \
+    || failed+=("CC=false")
 
 echo "== pythons: done $(elapsed)"
 if [ ${#failed[@]} -gt 0 ]; then
