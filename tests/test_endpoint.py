@@ -472,6 +472,7 @@ async def test_close_from_a_thread_on_the_client(harness, server):
     await server.handler()
     assert await in_thread(lambda: client.close(4003, "thread").result(BOUND)) is None
     await bounded(client.wait_closed())
+    await bounded(server.closed.wait())  # the client can see the end of TCP before the server's on_close runs
     assert server.closes == [(4003, "thread")]
 
 

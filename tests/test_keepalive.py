@@ -42,11 +42,11 @@ class Peer:
         if self.closing_after is not None and self.pings >= self.closing_after:
             return None
         self.pings += 1
-        self.pinged.set()
         assert self.keepalive is not None
         future = self.keepalive.expect_pong(b"")
         if self.answer:
             asyncio.get_running_loop().call_soon(self.keepalive.pong_received, b"")
+        self.pinged.set()  # once the ping is expected, so that a waiter sees it in flight
         return future
 
     def timed_out(self) -> None:
