@@ -324,6 +324,13 @@
       this.timer = setTimeout(() => { this.timer = null; this._connect(); }, delay);
     }
 
+    _retrySubscribe(sub) {
+      const ws = this.ws;
+      setTimeout(() => {
+        if (this.ws === ws && this.state === "open" && sub.active && !sub.subscribed) this._send(sub._request());
+      }, this._delay());
+    }
+
     _onFrame(text) {
       let msg;
       try {
@@ -343,6 +350,9 @@
           if (sub && sub.active) sub._onSubscribed(msg);
           break;
         case "error":
+          if (sub && sub.active && sub.requested && !sub.subscribed && msg.code === "unavailable") {
+            this._retrySubscribe(sub); // the server could not read history (its backend is down): try again
+          }
           if (sub) call(sub.options.onError, msg);
           this._emit("error", msg);
           break;
