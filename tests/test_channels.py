@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 import pytest
 import tornado.web
-from conftest import TIMEOUT, bounded
+from conftest import TIMEOUT, RawClient, bounded
 
 import tornado_websocket
+import tornado_websocket.metrics
 from tornado_websocket.channels import ChannelsHandler, default_hub, publish_json
 from tornado_websocket.channels_client import (
     ChannelMessage,
@@ -394,7 +395,7 @@ async def test_client_fails_over_to_the_next_url(harness):
     client = ChannelsClient([dead, good], reconnect_min=0.01, reconnect_max=0.05)
     try:
         await client.connect(TIMEOUT)
-        assert client.url == good and client.connected
+        assert client.url == good + "?batch=1" and client.connected
     finally:
         await client.close()
     assert not client.connected
@@ -479,3 +480,114 @@ async def test_default_hub_and_bytes_published_by_server_code(harness):
     assert hub is default_hub()
     await hub.publish("room", "héllo".encode())
     assert (await client.expect("message"))["data"] == "héllo"  # bytes become a JSON string
+
+
+@pytest.mark.asyncio
+async def test_a_slow_consumer_is_closed_with_1013_and_comes_back_with_since(harness):
+    hub = Hub(MemoryBackend(HistorySettings(max_count=10_000)), max_pending_bytes=64 * 1024)
+    port = harness.serve(
+        [(r"/channels", ChannelsHandler, {"hub": hub})], websocket_max_write_buffer_size=256 * 1024 * 1024
+    )
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await bounded(loop.sock_connect(sock, ("127.0.0.1", port)))
+    reader, writer = await bounded(asyncio.open_connection(sock=sock, limit=1024))
+    slow = RawClient(reader, writer, port)
+    harness.raw_clients.append(slow)
+    await slow.handshake("/channels")
+    await slow.send_text(json.dumps({"op": "subscribe", "channel": "room"}))
+    head = json.loads(await slow.read_text())
+    assert head["op"] == "subscribed"
+    closed_before = tornado_websocket.metrics.STATS.slow_consumers_closed
+    big = "x" * (128 * 1024)
+    for i in range(400):  # 50 MiB at most: far more than the socket buffers hold
+        await publish_json(hub, "room", {"i": i, "pad": big})
+        await asyncio.sleep(0)  # one loop turn: the hub sends what was published in it
+        if hub.subscribers("room") == 0 or tornado_websocket.metrics.STATS.slow_consumers_closed > closed_before:
+            break
+    else:
+        pytest.fail("the hub never closed the subscriber that does not read")
+    assert tornado_websocket.metrics.STATS.slow_consumers_closed == closed_before + 1
+    # It reads now: a prefix of the messages in order, then Close 1013.
+    offsets = []
+    while True:
+        frame = await slow.read_frame(timeout=TIMEOUT)
+        if frame.opcode == 0x8:
+            break
+        offsets.append(json.loads(frame.payload)["offset"])
+    assert frame.close_code == 1013
+    assert offsets == list(range(1, len(offsets) + 1))
+    # Back with the last offset it saw: the rest, recovered.
+    back = await peer(harness, port=port)
+    resumed = await back.subscribe("room", since=offsets[-1], epoch=head["epoch"])
+    assert resumed["recovered"] is True
+    latest = resumed["offset"]
+    for offset in range(offsets[-1] + 1, latest + 1):
+        await back.expect("message", offset=offset)
+
+
+class CountingBackend(MemoryBackend):
+    """The in-process backend, counting the history reads the hub asks of it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reads = 0
+
+    async def recover(self, channel: str, since: Optional[int], epoch: Optional[str]) -> Any:
+        self.reads += 1
+        return await super().recover(channel, since, epoch)
+
+
+@pytest.mark.asyncio
+async def test_recoveries_within_what_the_hub_delivered_need_no_history_read(harness):
+    backend = CountingBackend()
+    hub = Hub(backend, recent_size=10)
+    serve(harness, hub)
+    keeper = await peer(harness)
+    head = await keeper.subscribe("room")  # keeps the channel live in this process
+    assert backend.reads == 1
+    for i in range(30):
+        await publish_json(hub, "room", i)
+    for i in range(30):
+        await keeper.expect("message", data=i)
+    late = await peer(harness)
+    resumed = await late.subscribe("room", since=25, epoch=head["epoch"])
+    assert resumed["recovered"] is True and resumed["offset"] == 30
+    assert [(await late.expect("message"))["offset"] for _ in range(5)] == [26, 27, 28, 29, 30]
+    assert backend.reads == 1, "a recovery inside the recent messages read the backend"
+    older = await peer(harness)
+    resumed = await older.subscribe("room", since=5, epoch=head["epoch"])  # before the recent 10
+    assert resumed["recovered"] is True and backend.reads == 2
+    assert [(await older.expect("message"))["offset"] for _ in range(25)] == list(range(6, 31))
+    other_epoch = await peer(harness)
+    resumed = await other_epoch.subscribe("room", since=25, epoch="lost")
+    assert resumed["recovered"] is False and backend.reads == 3
+
+
+@pytest.mark.asyncio
+async def test_batch_clients_get_what_leaves_together_in_one_frame_one_per_line(harness):
+    hub = Hub()
+    serve(harness, hub)
+    single = await peer(harness)
+    batched = await peer(harness, "/channels?batch=1")
+    await single.subscribe("room")
+    await batched.subscribe("room")
+
+    async def burst() -> None:  # published in one turn of the event loop
+        for i in range(10):
+            await publish_json(hub, "room", i)
+
+    await burst()
+    got = [await single.expect("message") for _ in range(10)]
+    assert [m["data"] for m in got] == list(range(10))  # one message per frame
+    frame = await bounded(batched.ws.recv())
+    lines = [json.loads(line) for line in frame.split("\n")]
+    assert [m["data"] for m in lines] == list(range(10)) and {m["op"] for m in lines} == {"message"}
+    # Recovery comes joined too: subscribed, then the history, in as few frames as MAX_JOINED allows.
+    late = await peer(harness, "/channels?batch=1")
+    await late.send(op="subscribe", channel="room", since=0, epoch=got[0]["epoch"])
+    lines = [json.loads(line) for line in (await bounded(late.ws.recv())).split("\n")]
+    assert lines[0]["op"] == "subscribed" and lines[0]["recovered"] is True
+    assert [m["offset"] for m in lines[1:]] == list(range(1, 11))

@@ -31,6 +31,7 @@ from redis_server import RedisServer, find_redis_server
 import tornado_websocket
 import tornado_websocket.channels_redis
 import tornado_websocket.hub
+import tornado_websocket.metrics
 from tornado_websocket import WebSocketClosedError, websocket_connect
 from tornado_websocket.hub import Hub, HubUnavailableError, InProcessBackend, RedisBackend
 
@@ -421,6 +422,7 @@ async def test_slow_consumer_is_closed_with_1013_while_others_get_everything(har
     assert slow_connection.max_write_buffer_size == write_buffer_limit
     assert hub.subscribers("room") == 2
 
+    closed_before = tornado_websocket.metrics.STATS.slow_consumers_closed
     published: list[str] = []
     max_messages = 400  # 400 x 128 KiB = 50 MiB: far more than the socket buffers can hold
     for i in range(max_messages):
@@ -433,6 +435,7 @@ async def test_slow_consumer_is_closed_with_1013_while_others_get_everything(har
     else:
         pytest.fail(f"the hub never closed the client that does not read ({max_messages} messages of 128 KiB)")
     closed_after = len(published)
+    assert tornado_websocket.metrics.STATS.slow_consumers_closed == closed_before + 1
     assert not slow_connection.closed, "TCP was dropped (write buffer limit?) instead of a close handshake"
     assert any("slow consumer" in r.getMessage() for r in caplog.records if r.name == HUB_LOGGER)
 

@@ -94,7 +94,14 @@ class JsonFraming(Framing):
         return _dumps({"op": "presence", "channel": channel, "members": listing})
 
 
+class JoinedJsonFraming(JsonFraming):
+    """The same envelopes; several leaving at once share one text frame, one per line (``?batch=1``)."""
+
+    joiner = "\n"
+
+
 JSON_FRAMING = JsonFraming()
+JOINED_JSON_FRAMING = JoinedJsonFraming()
 
 _DEFAULT_HUB: Optional[Hub] = None
 
@@ -177,6 +184,7 @@ class ChannelsHandler(WebSocketHandler):
         self.publish_burst = int(setting(publish_burst, "publish_burst", DEFAULT_PUBLISH_BURST))
         self._bucket = _Bucket(self.publish_rate, self.publish_burst)
         self._in_flight: set[asyncio.Future[int]] = set()
+        self._framing = JOINED_JSON_FRAMING if self.get_query_argument("batch", "") == "1" else JSON_FRAMING
         self.member_id = secrets.token_hex(8)
 
     # -- the hooks -----------------------------------------------------------------
@@ -262,7 +270,7 @@ class ChannelsHandler(WebSocketHandler):
         if not await self._allowed(self.can_subscribe(channel)):
             raise _Refused(FORBIDDEN, f"may not subscribe to {channel!r}")
         member = (self.member_id, self.presence_info(channel, request)) if request.get("presence") else None
-        await self.hub.subscribe(channel, self, since, epoch=epoch, framing=JSON_FRAMING, member=member)
+        await self.hub.subscribe(channel, self, since, epoch=epoch, framing=self._framing, member=member)
 
     def _unsubscribe(self, request: dict[str, Any]) -> None:
         channel = self._channel(request)

@@ -114,11 +114,14 @@ class ChannelsClient:
         ping_timeout: Optional[float] = None,
         connect_timeout: float = 5.0,
         max_queue: int = 0,
+        batch: bool = True,
         **connect_options: Any,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("give at least one URL")
+        if batch:  # the server may then put several frames in one message, one per line
+            self.urls = [url + ("&" if "?" in url else "?") + "batch=1" for url in self.urls]
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.ping_interval = ping_interval
@@ -338,22 +341,25 @@ class ChannelsClient:
                 return
             if isinstance(message, bytes):
                 continue
-            frame = json.loads(message)
-            op = frame.get("op")
-            if op == "message":
-                self._on_message(frame)
-            elif op == "subscribed":
-                self._on_subscribed(frame)
-            elif op == "published":
-                future = self._acks.get(frame.get("id", -1))
-                if future is not None and not future.done():
-                    future.set_result(int(frame["offset"]))
-            elif op == "error":
-                self._on_error(frame)
-            elif op in ("join", "leave"):
-                self._emit(PresenceEvent(frame["channel"], op, member=frame.get("member")))
-            elif op == "presence":
-                self._emit(PresenceEvent(frame["channel"], "presence", members=frame.get("members", [])))
+            for line in message.split("\n"):
+                self._on_frame(json.loads(line))
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        op = frame.get("op")
+        if op == "message":
+            self._on_message(frame)
+        elif op == "subscribed":
+            self._on_subscribed(frame)
+        elif op == "published":
+            future = self._acks.get(frame.get("id", -1))
+            if future is not None and not future.done():
+                future.set_result(int(frame["offset"]))
+        elif op == "error":
+            self._on_error(frame)
+        elif op in ("join", "leave"):
+            self._emit(PresenceEvent(frame["channel"], op, member=frame.get("member")))
+        elif op == "presence":
+            self._emit(PresenceEvent(frame["channel"], "presence", members=frame.get("members", [])))
 
     def _emit(self, event: Event) -> None:
         try:

@@ -40,12 +40,14 @@ the channel's history from the last offset it delivered and goes on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Optional, Protocol
 
 from tornado_websocket.broadcast import broadcast
-from tornado_websocket.channels_history import Data, Recovery
+from tornado_websocket.channels_history import Data, Entry, Recovery
 from tornado_websocket.channels_memory import MemoryBackend
 from tornado_websocket.connection import PreparedMessage, WebSocketConnection
 from tornado_websocket.errors import WebSocketError
@@ -106,7 +108,11 @@ class Framing:
 
     Subclasses return the text (or bytes) to send, or ``None`` to send nothing.
     Each method is called once per event per process, not per subscriber.
+    A framing with a ``joiner`` (say ``"\\n"``) has several events that leave
+    at the same time joined into one WebSocket message with it.
     """
+
+    joiner: Optional[str] = None
 
     def message(self, channel: str, epoch: str, offset: int, message: Data) -> Data:
         return message
@@ -144,6 +150,19 @@ def _as_connection(target: Any) -> WebSocketConnection:
     return connection
 
 
+#: At most this many events in one joined WebSocket message.
+MAX_JOINED = 256
+
+
+def _joined(framing: Framing, parts: list[Data]) -> list[Data]:
+    """``parts`` as they leave: joined by the framing's joiner (in groups of MAX_JOINED), or one by one."""
+    joiner = framing.joiner
+    if joiner is None or len(parts) < 2:
+        return parts
+    texts = [part if isinstance(part, str) else part.decode("utf-8") for part in parts]
+    return [joiner.join(texts[i : i + MAX_JOINED]) for i in range(0, len(texts), MAX_JOINED)]
+
+
 def _send(connection: WebSocketConnection, data: Data) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     connection.send_prepared(PreparedMessage(payload, type(data) is bytes))
@@ -168,9 +187,14 @@ class _Pending:
 class _Channel:
     """This process's side of one channel."""
 
-    __slots__ = ("groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer")
+    __slots__ = (
+        "name", "groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer", "recent",
+        "queued",
+    )  # fmt: skip
 
-    def __init__(self, ready: Awaitable[None]) -> None:
+    def __init__(self, name: str, ready: Awaitable[None]) -> None:
+        self.name = name
+        self.queued: list[tuple[str, int, Data]] = []  # delivered here, not yet sent to the live members
         self.groups: dict[Framing, set[WebSocketConnection]] = {}
         self.pending: dict[WebSocketConnection, _Pending] = {}
         self.watchers: dict[WebSocketConnection, Framing] = {}  # subscribers that get presence events
@@ -179,6 +203,34 @@ class _Channel:
         self.last = 0
         self.ready = asyncio.ensure_future(ready)
         self.resync_buffer: Optional[list[tuple[str, int, Data]]] = None
+        # The last messages delivered here, consecutive offsets ending at `last` in `epoch`: recoveries
+        # from within it need no backend read (everyone coming back after a blip asks for the same tail).
+        self.recent: deque[Entry] = deque()
+
+    def remember(self, entries: list[Entry], limit: int) -> None:
+        """Put history ``entries`` (of ``epoch``, consecutive, ending at or before ``last``) in front of ``recent``."""
+        if not entries or not limit:
+            return
+        recent = self.recent
+        end = entries[-1][0]
+        if recent and recent[0][0] == end + 1:
+            recent.extendleft(reversed(entries[-(limit - len(recent)) :] if len(recent) < limit else []))
+        elif not recent and end == self.last:
+            recent.extend(entries[-limit:])
+
+    def recover_locally(self, since: Optional[int], epoch: Optional[str]) -> Optional[Recovery]:
+        """The recovery of ``since`` from ``recent`` alone, or None if it needs the backend."""
+        if since is None or self.epoch is None or self.resync_buffer is not None:
+            return None
+        if epoch is not None and epoch != self.epoch:
+            return None
+        if since == self.last:
+            return Recovery(self.epoch, self.last, [], True)
+        recent = self.recent
+        if not recent or since < recent[0][0] - 1 or since > self.last:
+            return None
+        start = since + 1 - recent[0][0]
+        return Recovery(self.epoch, self.last, list(itertools.islice(recent, start, None)), True)
 
     def live(self, connection: WebSocketConnection) -> bool:
         return any(connection in members for members in self.groups.values())
@@ -191,6 +243,9 @@ class Hub:
     (the default) or a Redis backend of :mod:`~tornado_websocket.channels_redis`.
     A subscription whose live delivery does not start within
     ``subscribe_timeout`` seconds (Redis is down) fails with :class:`HubUnavailableError`.
+    The hub keeps the last ``recent_size`` messages it delivered per channel,
+    so that subscribers coming back within them are answered without reading
+    the backend's history.
     """
 
     def __init__(
@@ -200,14 +255,17 @@ class Hub:
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         slow_consumer_code: int = CloseCode.TRY_AGAIN_LATER,
         subscribe_timeout: float = 5.0,
+        recent_size: int = 1000,
     ) -> None:
         self.backend: Any = backend if backend is not None else MemoryBackend()
         self.subscribe_timeout = subscribe_timeout
+        self.recent_size = recent_size
         self.max_pending_bytes = max_pending_bytes
         self.slow_consumer_code = slow_consumer_code
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[WebSocketConnection, set[str]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._dirty: list[_Channel] = []  # channels with queued messages, sent at the end of the loop turn
         self.backend.start(self)
 
     # -- subscribing ---------------------------------------------------------------
@@ -244,7 +302,7 @@ class Hub:
             return done
         state = self._channels.get(channel)
         if state is None:
-            state = self._channels[channel] = _Channel(self.backend.channel_added(channel))
+            state = self._channels[channel] = _Channel(channel, self.backend.channel_added(channel))
         pending = state.pending.get(connection)
         if pending is not None and pending.task is not None:
             return pending.task
@@ -266,11 +324,20 @@ class Hub:
     ) -> Optional[Subscription]:
         """Read history for a new subscriber, then send it, its held-back live messages, and make it live."""
         try:
-            try:
-                await asyncio.wait_for(asyncio.shield(state.ready), self.subscribe_timeout)
-            except asyncio.TimeoutError:
-                raise HubUnavailableError(f"live delivery of {channel!r} did not start in {self.subscribe_timeout} s")
-            recovery = await self.backend.recover(channel, pending.since, pending.epoch)
+            if not state.ready.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(state.ready), self.subscribe_timeout)
+                except asyncio.TimeoutError:
+                    raise HubUnavailableError(
+                        f"live delivery of {channel!r} did not start in {self.subscribe_timeout} s"
+                    )
+            else:
+                state.ready.result()
+            recovery = state.recover_locally(pending.since, pending.epoch)
+            if recovery is None:
+                recovery = await self.backend.recover(channel, pending.since, pending.epoch)
+                if recovery.epoch == state.epoch and recovery.recovered:
+                    state.remember(recovery.entries, self.recent_size)
             members = await self.backend.members(channel) if pending.member is not None else None
         except BaseException:
             if state.pending.get(connection) is pending:
@@ -284,26 +351,32 @@ class Hub:
         del state.pending[connection]
         if state.epoch is None:
             state.epoch, state.last = recovery.epoch, max(state.last, recovery.offset)
+            if recovery.recovered and state.last == recovery.offset:
+                state.remember(recovery.entries, self.recent_size)
         if pending.since is None:
             # Live from the subscription on: the offset is the one before the first held-back message.
             first = next((offset for epoch, offset, _ in pending.buffer if epoch == recovery.epoch), None)
             if first is not None and first - 1 < recovery.offset:
                 recovery = Recovery(recovery.epoch, first - 1, [], True)
+        self._flush(state)  # the live members get what is queued; the newcomer has it in its buffer
         framing = pending.framing
+        parts: list[Data] = []
         head = framing.subscribed(channel, recovery)
         if head is not None:
-            _send(connection, head)
+            parts.append(head)
         if members is not None:
             listing = framing.members(channel, members)
             if listing is not None:
-                _send(connection, listing)
+                parts.append(listing)
         for offset, message in recovery.entries:
-            _send(connection, framing.message(channel, recovery.epoch, offset, message))
+            parts.append(framing.message(channel, recovery.epoch, offset, message))
         covered = recovery.offset if pending.since is not None else -1
         for epoch, offset, message in pending.buffer:
             if epoch == recovery.epoch and offset <= covered:
                 continue  # history had it
-            _send(connection, framing.message(channel, epoch, offset, message))
+            parts.append(framing.message(channel, epoch, offset, message))
+        for data in _joined(framing, parts):
+            _send(connection, data)
         state.groups.setdefault(framing, set()).add(connection)
         if pending.member is not None:
             member_id, info = pending.member
@@ -390,16 +463,47 @@ class Hub:
         self._dispatch(channel, state, epoch, offset, message)
 
     def _dispatch(self, channel: str, state: _Channel, epoch: str, offset: int, message: Data) -> None:
+        recent = state.recent
         if state.epoch == epoch:
             if offset <= state.last:
                 return  # delivered already (history read after a reconnect overlaps the live stream)
+            if offset != state.last + 1:
+                recent.clear()  # a gap history could not fill: only consecutive offsets are kept
         else:
             state.epoch = epoch  # a new history (or the first message here)
+            recent.clear()
         state.last = offset
+        if self.recent_size:
+            recent.append((offset, message))
+            if len(recent) > self.recent_size:
+                recent.popleft()
         for pending in state.pending.values():
             pending.buffer.append((epoch, offset, message))
+        if state.groups:
+            if not state.queued:
+                self._dirty.append(state)
+                if len(self._dirty) == 1:
+                    asyncio.get_running_loop().call_soon(self._flush_dirty)
+            state.queued.append((epoch, offset, message))
+            if len(state.queued) >= MAX_JOINED:
+                self._flush(state)  # a publisher that does not yield: keep the queue (and delay) bounded
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for state in dirty:
+            self._flush(state)
+
+    def _flush(self, state: _Channel) -> None:
+        """Send the channel's queued messages to its live members: what arrived in one loop turn leaves together."""
+        events = state.queued
+        if not events:
+            return
+        state.queued = []
+        channel = state.name
         for framing, members in state.groups.items():
-            self._fan_out(channel, members, framing.message(channel, epoch, offset, message))
+            parts = [framing.message(channel, epoch, offset, message) for epoch, offset, message in events]
+            for data in _joined(framing, parts):
+                self._fan_out(channel, members, data)
 
     def _fan_out(self, channel: str, members: set[WebSocketConnection], data: Data) -> None:
         """Send ``data`` to ``members``; close the ones that fall behind."""
@@ -447,6 +551,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None or not state.watchers:
             return
+        self._flush(state)  # messages delivered before the event leave before it
         encoded: dict[Framing, Optional[Data]] = {}
         for connection, framing in state.watchers.items():
             if framing not in encoded:
