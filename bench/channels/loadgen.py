@@ -19,7 +19,9 @@ Both protocols are spoken by the same code over one raw WebSocket client
 by hand, client frames masked with a random key):
 
 * ``ours``: JSON text frames of tornado_websocket's ChannelsHandler at
-  ``/channels``: ``{"op":"subscribe","channel":"bench"}`` answered by
+  ``/channels?batch=1`` (envelopes leaving in one loop turn share a frame,
+  one per line, as the library's ChannelsClient asks):
+  ``{"op":"subscribe","channel":"bench"}`` answered by
   ``{"op":"subscribed",...}``; ``{"op":"publish","channel":"bench","data":D}``;
   deliveries are ``{"op":"message",...,"data":D}``.
 * ``socketio``: Engine.IO 4 / Socket.IO 5 at
@@ -64,7 +66,7 @@ CONNECT_TIMEOUT = 60.0  # all connections opened and subscribed within this
 BUCKETS_PER_DECADE = 460  # log histogram: 10 ** (1 / 460) = 0.5 % per bucket
 PAD = "x" * 48
 
-PATHS = {"ours": "/channels", "socketio": "/socket.io/?EIO=4&transport=websocket"}
+PATHS = {"ours": "/channels?batch=1", "socketio": "/socket.io/?EIO=4&transport=websocket"}
 DELIVERY_PREFIX = {"ours": b'{"op":"message"', "socketio": b'42["message"'}
 
 
@@ -195,14 +197,22 @@ class Client(asyncio.Protocol):
             end = start + length
             if end > n:
                 break
-            if buf.startswith(prefix, start, end):
-                self.count += 1
+            deliveries = buf.count(prefix, start, end)  # ours with ?batch=1: several envelopes, one per line
+            if deliveries:
+                self.count += deliveries
                 if sample:
                     if not arrival:
                         arrival = time.monotonic()
-                    self._sampled(buf[start:end], arrival)
+                    for line in buf[start:end].split(b"\n"):
+                        if line.startswith(prefix):
+                            self._sampled(line, arrival)
+                        else:
+                            self._control(1, line)
             else:
-                self._control(buf[i] & 0x0F, buf[start:end])
+                opcode = buf[i] & 0x0F
+                payload = buf[start:end]
+                for line in payload.split(b"\n") if self.kind == "ours" and opcode == 1 else [payload]:
+                    self._control(opcode, line)
             i = end
         self.buf = buf[i:] if i < n else b""
         if self.count != before and self.ready.done():
