@@ -194,6 +194,7 @@ def test_a_restart_without_redis_is_reported_as_lost_history(procs: Processes, b
     JS_ERRORS.clear()
     server = procs.chat()
     alice = open_chat(browser, server.http_url, "alice")
+    assert alice.evaluate("window.chatClient.ws.url").endswith("/channels?batch=1")  # joined envelopes
     send(alice, "before the restart")
     expect(alice.locator("#messages li .text").last).to_have_text("before the restart")
     assert server.stop() == 0
