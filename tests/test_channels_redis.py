@@ -282,3 +282,34 @@ async def test_cluster_spreads_channels_over_shards_and_delivers_once_in_order(d
     # Keys of each channel share one slot: every node holds some.
     for node in redis_cluster.nodes:
         assert int(command(node.port, "DBSIZE")[1:].strip()) > 0
+
+
+async def test_a_publish_sent_again_is_stored_once(redis_server):
+    backend = fast(redis_server.url)
+    try:
+        hub = Hub(backend)
+        assert await publish_json(hub, "room", "first") == 1
+        keys = backend._history_keys("room")
+        args = [
+            "unused-epoch", 100, 0, b"t" + b'"again"', backend.key("room", "live"), "PUBLISH", "publish-id-1", "0",
+        ]  # fmt: skip
+        first = await backend._publish(keys=keys, args=args)
+        args[-1] = "1"  # as _send_batch does after a failed connection: the answer was lost, not the publish
+        second = await backend._publish(keys=keys, args=args)
+        assert int(first[0]) == int(second[0]) == 2
+        recovery = await backend.recover("room", 0, None)
+        assert recovery.entries == [(1, '"first"'), (2, '"again"')]
+        assert await publish_json(hub, "room", "next") == 3
+    finally:
+        await backend.close()
+
+
+async def test_the_first_publish_after_a_redis_restart_succeeds(redis_server):
+    backend = fast(redis_server.url)
+    try:
+        hub = Hub(backend)
+        await publish_json(hub, "room", "before")  # the publisher's pooled connection goes stale with the restart
+        await asyncio.to_thread(redis_server.restart)
+        assert await bounded(publish_json(hub, "room", "after"), RECOVERY_TIMEOUT) == 1  # new server, new epoch
+    finally:
+        await backend.close()

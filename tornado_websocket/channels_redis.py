@@ -62,7 +62,8 @@ OUTBOX_BATCH = 512
 #: A publish waiting in the outbox: channel, keys, script arguments, its future.
 _Outgoing = tuple[str, list[str], list[Any], "asyncio.Future[int]"]
 
-# KEYS: seq, epoch, log.  ARGV: a new epoch, max_count, max_age_ms (0: none), kind+data, live channel, publish command.
+# KEYS: seq, epoch, log.  ARGV: a new epoch, max_count, max_age_ms (0: none), kind+data, live channel, publish
+# command, this publish's id, "1" when it is sent again (then, if the log has it already, its offset is returned).
 _PUBLISH = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -70,6 +71,10 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
   redis.call('SET', KEYS[1], 0)
   redis.call('DEL', KEYS[3])
+elseif ARGV[8] == '1' then
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1024)) do
+    if entry[2][6] == ARGV[7] then return {tonumber(string.match(entry[1], '^(%d+)')), epoch} end
+  end
 end
 local seq = redis.call('INCR', KEYS[1])
 local t = redis.call('TIME')
@@ -77,7 +82,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max_count = tonumber(ARGV[2])
 local max_age = tonumber(ARGV[3])
 if max_count > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', max_count, seq .. '-0', 't', now, 'm', ARGV[4])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', max_count, seq .. '-0', 't', now, 'm', ARGV[4], 'u', ARGV[7])
   if max_age > 0 then
     local cutoff = now - max_age
     for _ = 1, 16 do
@@ -342,14 +347,21 @@ class _RedisChannels:
     async def publish(self, channel: str, message: Data) -> int:
         """Publish through the outbox: publishes leave in the order they were made, many per round trip.
 
-        Not retried: a publish whose answer was lost fails with
-        HubUnavailableError although Redis may have stored it (a retry could
-        store it twice).
+        A batch whose connection failed is sent once more, marked as a
+        retry: the script then looks for each publish's id among the last
+        1,024 entries of the channel's log and answers with the offset it
+        already has instead of storing it twice. (With ``max_count=0``
+        there is no log to look in.) A publish that fails again raises
+        HubUnavailableError; Redis may still have stored it if only its
+        answer was lost.
         """
         payload = TEXT + message.encode("utf-8") if isinstance(message, str) else BINARY + message
         settings = self.history_settings
         max_age_ms = int(settings.max_age * 1000) if settings.max_age is not None else 0
-        args = [new_epoch(), settings.max_count, max_age_ms, payload, self.key(channel, "live"), self.publish_command]
+        args = [
+            new_epoch(), settings.max_count, max_age_ms, payload, self.key(channel, "live"), self.publish_command,
+            secrets.token_hex(8), "0",
+        ]  # fmt: skip
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._outbox.append((channel, self._history_keys(channel), args, future))
         if self._flusher is None:
@@ -365,18 +377,23 @@ class _RedisChannels:
             self._flusher = None
 
     async def _send_batch(self, batch: list[_Outgoing]) -> None:
-        """One pipeline (no transaction: the scripts are atomic each), in order."""
-        try:
-            pipe = self.publisher.pipeline(transaction=False)
-            pipe.scripts.add(self._publish)
-            for _, keys, args, _ in batch:
-                pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-        except self.redis_errors as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(_unavailable(exc))
-            return
+        """One pipeline (no transaction: the scripts are atomic each), in order; once more, as a retry, if it failed."""
+        for attempt in (1, 2):
+            try:
+                async with self.publisher.pipeline(transaction=False) as pipe:
+                    pipe.scripts.add(self._publish)
+                    for _, keys, args, _ in batch:
+                        if attempt == 2:
+                            args[-1] = "1"
+                        pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+                    results = await pipe.execute(raise_on_error=False)
+                break
+            except self.redis_errors as exc:
+                if attempt == 2:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(_unavailable(exc))
+                    return
         for (*_, future), result in zip(batch, results):
             if future.done():
                 continue
@@ -613,7 +630,11 @@ class RedisClusterBackend(_RedisChannels):
         async def send(items: list[_Outgoing]) -> None:
             for _, keys, args, future in items:
                 try:
-                    result = await self._publish(keys=keys, args=args)
+                    try:
+                        result = await self._publish(keys=keys, args=args)
+                    except self.redis_errors:
+                        args[-1] = "1"  # again, marked as a retry: stored once at most
+                        result = await self._publish(keys=keys, args=args)
                 except self.redis_errors as exc:
                     if not future.done():
                         future.set_exception(_unavailable(exc))
