@@ -282,6 +282,60 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
     }
 
 
+def measure_recovery(args: argparse.Namespace, log: IO[bytes]) -> dict[str, Any]:
+    """Ours only: ``--subscribers`` clients (half on each server) disconnect, ``--recovery-missed`` messages are
+    published, and all reconnect with ``since``; how long until every one has them all."""
+    children: list[Child] = []
+    workdir = tempfile.mkdtemp(prefix="bench11-")
+    py = sys.executable
+    missed = args.recovery_missed
+    try:
+        redis, url = start_redis(log, workdir)
+        children.append(redis)
+        ports = []
+        for i in range(2):
+            server = Child(
+                f"ours-server-{i}", [py, os.path.join(HERE, "servers.py"), "--kind", "ours", "--redis", url], log
+            )
+            children.append(server)
+            ports.append(int(server.expect("PORT ", START_TIMEOUT)))
+        half = args.subscribers // 2
+        groups = []
+        for i, port in enumerate(ports):
+            count = half if i == 0 else args.subscribers - half
+            argv = [py, os.path.join(HERE, "loadgen.py"), "recover", "--kind", "ours", "--port", str(port)]
+            group = Child(f"ours-recover-{i}", argv + ["--count", str(count)], log, stdin=True)
+            children.append(group)
+            groups.append(group)
+        for group in groups:
+            group.expect("CLOSED", START_TIMEOUT * 3)
+        argv = [py, os.path.join(HERE, "loadgen.py"), "publish", "--kind", "ours", "--port", str(ports[0])]
+        publisher = Child("ours-publisher", argv + ["--count", str(missed), "--rate", "10000"], log, stdin=True)
+        children.append(publisher)
+        pub = json.loads(publisher.expect("RESULT ", RESULT_TIMEOUT))
+        if not pub["acked"]:
+            raise RuntimeError(f"the publisher's last message was not acknowledged: {pub}")
+        for group in groups:
+            group.tell(f"GO {missed}")
+        results = [json.loads(group.expect("RESULT ", RESULT_TIMEOUT)) for group in groups]
+        publisher.tell("STOP")
+    finally:
+        for child in reversed(children):
+            child.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "clients": sum(r["connections"] for r in results),
+        "missed": missed,
+        "seconds": max(r["seconds"] for r in results),
+        "complete": sum(r["complete"] for r in results),
+        "recovered": sum(r["recovered"] for r in results),
+        "subscribe_retries": sum(r["subscribe_retries"] for r in results),
+        "deliveries": sum(r["deliveries"] for r in results),
+        "timed_out": any(r["timed_out"] for r in results),
+        "errors": [e for r in results for e in r["errors"]],
+    }
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -349,6 +403,12 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=100, help="subscribers that time every delivery")
     parser.add_argument("--drain", type=float, default=20.0, help="seconds allowed after the last publish")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--recovery-missed",
+        type=int,
+        default=100,
+        help="messages each client misses in the recovery measurement (0: skip)",
+    )
     parser.add_argument("--nice", type=int, default=-20, help="nice value of every child (default -20 as root)")
     parser.add_argument("--output")
     args = parser.parse_args()
@@ -377,7 +437,19 @@ def main() -> int:
                         f"cpu/1000 {result['server_cpu_ms_per_1000']:.1f} ms",
                         flush=True,
                     )
-    summary: dict[str, dict[str, dict[str, Any]]] = {}
+        recoveries = []
+        if args.recovery_missed and "ours" in kinds:
+            for rep in range(args.repeat):
+                recovery = measure_recovery(args, log)
+                recoveries.append(recovery)
+                print(
+                    f"[{rep + 1}/{args.repeat}] recovery: {recovery['clients']} clients back, "
+                    f"{recovery['missed']} missed each, in {recovery['seconds']:.2f} s "
+                    f"({recovery['complete']} complete, {recovery['recovered']} recovered, "
+                    f"{recovery['subscribe_retries']} subscribes refused as unavailable and retried)",
+                    flush=True,
+                )
+    summary: dict[str, Any] = {}
     tables = []
     for rate in rates:
         per_kind = summary[f"{rate:g}"] = {}
@@ -393,6 +465,20 @@ def main() -> int:
             per_kind[kind]["cpu_loadgen"] = statistics.median(r["cpu_util"]["loadgen_max_process"] for r in results)
             per_kind[kind]["other_cpu"] = statistics.median(r["cpu_util"]["other"] for r in results)
         tables.append(table(per_kind, rate, args))
+    if recoveries:
+        summary["recovery"] = {
+            "seconds": statistics.median(r["seconds"] for r in recoveries),
+            "complete": min(r["complete"] for r in recoveries),
+            "recovered": min(r["recovered"] for r in recoveries),
+            "subscribe_retries": statistics.median(r["subscribe_retries"] for r in recoveries),
+        }
+        tables.append(
+            f"Recovery (ours): {args.subscribers} clients disconnected, {args.recovery_missed} messages published, "
+            f"all back with since: every one complete in {summary['recovery']['seconds']:.2f} s "
+            f"(median of {len(recoveries)}; fewest complete {summary['recovery']['complete']}, "
+            f"fewest recovered:true {summary['recovery']['recovered']}; "
+            f"{summary['recovery']['subscribe_retries']:g} subscribes refused as unavailable and retried)"
+        )
     text = "\n\n".join(tables)
     print(text)
     out = args.output or os.path.join(RESULTS_DIR, f"channels-{stamp}.json")
@@ -405,7 +491,8 @@ def main() -> int:
         "versions": versions(),
     }
     with open(out, "w") as f:
-        json.dump({"meta": meta, "params": vars(args), "summary": summary, "runs": runs, "table": text}, f, indent=1)
+        document = {"meta": meta, "params": vars(args), "summary": summary, "runs": runs, "table": text}
+        json.dump({**document, "recoveries": recoveries}, f, indent=1)
     print(f"results: {os.path.relpath(out, ROOT)}")
     return 0
 
