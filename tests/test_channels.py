@@ -591,3 +591,57 @@ async def test_batch_clients_get_what_leaves_together_in_one_frame_one_per_line(
     lines = [json.loads(line) for line in (await bounded(late.ws.recv())).split("\n")]
     assert lines[0]["op"] == "subscribed" and lines[0]["recovered"] is True
     assert [m["offset"] for m in lines[1:]] == list(range(1, 11))
+
+
+@pytest.mark.asyncio
+async def test_a_gap_in_live_delivery_is_filled_from_history(harness):
+    backend = MemoryBackend()
+    hub = Hub(backend)
+    serve(harness, hub)
+    client = await peer(harness)
+    await client.subscribe("room")
+    for i in range(3):
+        await publish_json(hub, "room", i)
+    # A backend that skipped one (say, a lost pub/sub message): offset 4 is in history, never delivered.
+    backend._history("room").append(json.dumps(3))
+    await publish_json(hub, "room", 4)  # offset 5: the hub sees the gap and reads history
+    await publish_json(hub, "room", 5)  # arrives while it reads
+    assert [(await client.expect("message"))["offset"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+    await publish_json(hub, "room", "end")
+    await client.expect("message", offset=7, data="end")
+
+
+@pytest.mark.asyncio
+async def test_a_gap_history_cannot_fill_is_passed_over(harness, caplog):
+    backend = MemoryBackend(HistorySettings(max_count=0))
+    hub = Hub(backend)
+    serve(harness, hub)
+    client = await peer(harness)
+    await client.subscribe("room")
+    await publish_json(hub, "room", 0)
+    backend._history("room").append(json.dumps("lost"))  # offset 2: not delivered, not kept
+    await publish_json(hub, "room", 2)
+    assert [(await client.expect("message"))["offset"] for _ in range(2)] == [1, 3]
+    assert any("incomplete" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_crowd_coming_back_costs_one_history_read(harness):
+    backend = CountingBackend()
+    hub = Hub(backend)
+    serve(harness, hub)
+    first = await peer(harness)
+    head = await first.subscribe("room")
+    await first.send(op="unsubscribe", channel="room")
+    await first.expect("unsubscribed")
+    assert hub.subscribers("room") == 0 and backend.reads == 1
+    for i in range(10):
+        await publish_json(hub, "room", i)  # nobody here sees these live
+    crowd = [await peer(harness) for _ in range(8)]
+    for member in crowd:
+        await member.send(op="subscribe", channel="room", since=0, epoch=head["epoch"])
+    for member in crowd:
+        resumed = await member.expect("subscribed", recovered=True)
+        assert resumed["offset"] == 10
+        assert [(await member.expect("message"))["data"] for _ in range(10)] == list(range(10))
+    assert backend.reads == 2, f"{backend.reads - 1} history reads for one crowd"

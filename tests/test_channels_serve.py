@@ -118,3 +118,34 @@ async def test_two_worker_processes_share_the_port_and_the_channels(redis_server
         for pid in workers.values() if "workers" in locals() else ():
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_one_process_serves_in_the_foreground_and_stops_on_sigterm():
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, SERVER, "--port", str(port), "--processes", "1",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        task_id, pid = await read_worker(process)
+        assert (task_id, pid) == (0, process.pid)  # no fork with one process
+        client = ChannelsClient(f"ws://127.0.0.1:{port}/channels")
+        await client.connect(10)
+        await asyncio.wait_for(client.subscribe("room"), 10)
+        await client.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await asyncio.wait_for(process.wait(), 5)
+
+
+async def test_serve_checks_its_arguments():
+    import tornado.web
+
+    from tornado_websocket import serve
+
+    with pytest.raises(ValueError, match="processes"):
+        serve(tornado.web.Application([]), 0, processes=0)

@@ -189,7 +189,7 @@ class _Channel:
 
     __slots__ = (
         "name", "groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer", "recent",
-        "queued",
+        "queued", "reading",
     )  # fmt: skip
 
     def __init__(self, name: str, ready: Awaitable[None]) -> None:
@@ -206,6 +206,7 @@ class _Channel:
         # The last messages delivered here, consecutive offsets ending at `last` in `epoch`: recoveries
         # from within it need no backend read (everyone coming back after a blip asks for the same tail).
         self.recent: deque[Entry] = deque()
+        self.reading: Optional[asyncio.Future[None]] = None  # a history read in flight for a subscriber
 
     def remember(self, entries: list[Entry], limit: int) -> None:
         """Put history ``entries`` (of ``epoch``, consecutive, ending at or before ``last``) in front of ``recent``."""
@@ -334,10 +335,12 @@ class Hub:
             else:
                 state.ready.result()
             recovery = state.recover_locally(pending.since, pending.epoch)
+            if recovery is None and state.reading is not None:
+                # Another subscriber is reading this channel's history: what it reads may answer us too.
+                await asyncio.shield(state.reading)
+                recovery = state.recover_locally(pending.since, pending.epoch)
             if recovery is None:
-                recovery = await self.backend.recover(channel, pending.since, pending.epoch)
-                if recovery.epoch == state.epoch and recovery.recovered:
-                    state.remember(recovery.entries, self.recent_size)
+                recovery = await self._read_history(channel, state, pending)
             members = await self.backend.members(channel) if pending.member is not None else None
         except BaseException:
             if state.pending.get(connection) is pending:
@@ -349,10 +352,6 @@ class Hub:
         if state.pending.get(connection) is not pending or connection.is_closing():
             return None  # unsubscribed or closed meanwhile
         del state.pending[connection]
-        if state.epoch is None:
-            state.epoch, state.last = recovery.epoch, max(state.last, recovery.offset)
-            if recovery.recovered and state.last == recovery.offset:
-                state.remember(recovery.entries, self.recent_size)
         if pending.since is None:
             # Live from the subscription on: the offset is the one before the first held-back message.
             first = next((offset for epoch, offset, _ in pending.buffer if epoch == recovery.epoch), None)
@@ -384,6 +383,26 @@ class Hub:
             state.members[connection] = member_id
             self._spawn(self.backend.join(channel, member_id, info))
         return Subscription(channel, recovery.epoch, recovery.offset, recovery.recovered, len(recovery.entries))
+
+    async def _read_history(self, channel: str, state: _Channel, pending: _Pending) -> Recovery:
+        """Ask the backend; what it answers becomes the channel's position and recent messages here."""
+        reading: Optional[asyncio.Future[None]] = None
+        if state.reading is None:
+            reading = state.reading = asyncio.get_running_loop().create_future()
+        try:
+            recovery: Recovery = await self.backend.recover(channel, pending.since, pending.epoch)
+            if state.epoch is None:
+                # Nothing arrived live since live delivery started: the channel is at recovery.offset.
+                state.epoch, state.last = recovery.epoch, max(state.last, recovery.offset)
+                if recovery.recovered and state.last == recovery.offset:
+                    state.remember(recovery.entries, self.recent_size)
+            elif recovery.epoch == state.epoch and recovery.recovered:
+                state.remember(recovery.entries, self.recent_size)
+            return recovery
+        finally:
+            if reading is not None:
+                state.reading = None
+                reading.set_result(None)
 
     def unsubscribe(self, channel: str, target: Any) -> None:
         """Stop sending ``channel`` to a connection (a no-op if it was not subscribed)."""
