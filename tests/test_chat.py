@@ -353,6 +353,7 @@ async def test_processes_share_one_port_and_a_killed_worker_is_replaced(procs: P
     assert server.proc is not None and {pid_a, pid_b}.isdisjoint({server.proc.pid})
     await a.say("across workers")
     await b.expect("message", text_is("across workers"))
+    await a.expect("message", text_is("across workers"))  # a has seen it: its resume starts after it
 
     os.kill(pid_a, signal.SIGKILL)  # one worker crashes; the parent starts another on the same port
     assert await a.expect_closed() in (None, 1006)

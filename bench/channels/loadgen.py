@@ -8,6 +8,12 @@ one publisher):
     ``bench``, prints ``READY``, waits for ``GO <seconds>`` on stdin and reads
     until every connection has ``M`` messages or the seconds pass, then
     prints ``RESULT {json}``.
+``python bench/channels/loadgen.py recover --kind ours --port P --count N``
+    opens and subscribes ``N`` WebSockets (noting each one's offset and
+    epoch), closes them all, prints ``CLOSED``, waits for ``GO <missed>`` on
+    stdin, then reconnects them (in the same batches) with ``since`` and
+    ``epoch`` and prints ``RESULT {json}`` once each has its ``missed``
+    messages: the time it took, how many said ``recovered``.
 ``python bench/channels/loadgen.py publish --kind K --port P --rate R --count M``
     publishes ``M`` messages at ``R`` per second (a tick every 5 ms sends
     what is due) through one WebSocket, prints ``RESULT {json}``, and stays
@@ -19,7 +25,9 @@ Both protocols are spoken by the same code over one raw WebSocket client
 by hand, client frames masked with a random key):
 
 * ``ours``: JSON text frames of tornado_websocket's ChannelsHandler at
-  ``/channels``: ``{"op":"subscribe","channel":"bench"}`` answered by
+  ``/channels?batch=1`` (envelopes leaving in one loop turn share a frame,
+  one per line, as the library's ChannelsClient asks):
+  ``{"op":"subscribe","channel":"bench"}`` answered by
   ``{"op":"subscribed",...}``; ``{"op":"publish","channel":"bench","data":D}``;
   deliveries are ``{"op":"message",...,"data":D}``.
 * ``socketio``: Engine.IO 4 / Socket.IO 5 at
@@ -49,6 +57,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import resource
 import sys
 import time
@@ -63,8 +72,10 @@ CONNECT_BATCH = 100  # handshakes in flight at once
 CONNECT_TIMEOUT = 60.0  # all connections opened and subscribed within this
 BUCKETS_PER_DECADE = 460  # log histogram: 10 ** (1 / 460) = 0.5 % per bucket
 PAD = "x" * 48
+MAX_RETRIES = 100  # subscribes sent again after an "unavailable" refusal, per connection
+RETRY_DELAY = 0.1  # seconds (to twice that) before such a retry
 
-PATHS = {"ours": "/channels", "socketio": "/socket.io/?EIO=4&transport=websocket"}
+PATHS = {"ours": "/channels?batch=1", "socketio": "/socket.io/?EIO=4&transport=websocket"}
 DELIVERY_PREFIX = {"ours": b'{"op":"message"', "socketio": b'42["message"'}
 
 
@@ -97,9 +108,12 @@ def mask_frame(text: str) -> bytes:
     return header + key + masked
 
 
-def subscribe_frame(kind: str) -> str:
+def subscribe_frame(kind: str, since: Optional[int] = None, epoch: Optional[str] = None) -> str:
     if kind == "ours":
-        return json.dumps({"op": "subscribe", "channel": CHANNEL})
+        request: dict[str, Any] = {"op": "subscribe", "channel": CHANNEL}
+        if since is not None:
+            request.update(since=since, epoch=epoch)
+        return json.dumps(request)
     return "42" + json.dumps(["subscribe", CHANNEL])
 
 
@@ -137,6 +151,13 @@ class Client(asyncio.Protocol):
         self.hist: dict[int, int] = {}
         self.errors: list[str] = []
         self.warmup = 0  # deliveries with a smaller sequence number are not timed
+        self.since: Optional[int] = None  # subscribe from here (ours), with self.epoch
+        self.offset: Optional[int] = None  # from "subscribed" (ours)
+        self.epoch: Optional[str] = None
+        self.recovered: Optional[bool] = None
+        self.acked: Any = None  # the id of the last "published" reply (ours)
+        self.finished = False  # on_done was called
+        self.retries = 0  # subscribes refused as "unavailable" and sent again
 
     # -- asyncio.Protocol
 
@@ -195,19 +216,28 @@ class Client(asyncio.Protocol):
             end = start + length
             if end > n:
                 break
-            if buf.startswith(prefix, start, end):
-                self.count += 1
-                if sample:
+            deliveries = buf.count(prefix, start, end)  # ours with ?batch=1: several envelopes, one per line
+            if deliveries:
+                self.count += deliveries
+                if sample or not self.ready.done():  # (a recovery's "subscribed" shares the frame)
                     if not arrival:
                         arrival = time.monotonic()
-                    self._sampled(buf[start:end], arrival)
+                    for line in buf[start:end].split(b"\n"):
+                        if not line.startswith(prefix):
+                            self._control(1, line)
+                        elif sample:
+                            self._sampled(line, arrival)
             else:
-                self._control(buf[i] & 0x0F, buf[start:end])
+                opcode = buf[i] & 0x0F
+                payload = buf[start:end]
+                for line in payload.split(b"\n") if self.kind == "ours" and opcode == 1 else [payload]:
+                    self._control(opcode, line)
             i = end
         self.buf = buf[i:] if i < n else b""
         if self.count != before and self.ready.done():
             self.last_arrival = arrival or time.monotonic()
-            if self.count >= self.expect:
+            if self.count >= self.expect and not self.finished:
+                self.finished = True
                 self.on_done()
 
     # -- frames
@@ -244,9 +274,23 @@ class Client(asyncio.Protocol):
             return
         elif self.kind == "ours":
             if payload.startswith(b'{"op":"subscribed"') and not self.ready.done():
+                subscribed = json.loads(payload)
+                self.offset, self.epoch, self.recovered = (
+                    subscribed["offset"],
+                    subscribed["epoch"],
+                    subscribed["recovered"],
+                )
                 self.ready.set_result(None)
+            elif payload.startswith(b'{"op":"published"'):
+                self.acked = json.loads(payload).get("id")
             elif payload.startswith(b'{"op":"error"'):
-                self._fail(payload[:200].decode(errors="replace"))
+                if b'"unavailable"' in payload and not self.ready.done() and self.retries < MAX_RETRIES:
+                    # The server could not read history right now: subscribe again shortly, as channels.js does.
+                    self.retries += 1
+                    delay = RETRY_DELAY * (1 + random.random())
+                    asyncio.get_running_loop().call_later(delay, self._joined)
+                else:
+                    self._fail(payload[:200].decode(errors="replace"))
         elif payload == b"2":
             self.send("3")
         elif payload.startswith(b"0{"):
@@ -261,7 +305,7 @@ class Client(asyncio.Protocol):
     def _joined(self) -> None:
         """Connected (to the namespace, for Socket.IO): subscribe, or for a publisher, be ready."""
         if self.subscribe:
-            self.send(subscribe_frame(self.kind))
+            self.send(subscribe_frame(self.kind, self.since, self.epoch))
         elif not self.ready.done():
             self.ready.set_result(None)
 
@@ -357,6 +401,64 @@ async def subscribe_role(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def recover_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Subscribe ``count`` connections, disconnect them all, and (after ``GO``) time their resume from ``since``."""
+    clients = await open_clients(args.kind, args.port, args.count, 0, 0, lambda: None)
+    positions = [(c.offset, c.epoch) for c in clients]
+    for client in clients:
+        assert client.transport is not None
+        client.transport.close()
+    await asyncio.wait_for(asyncio.gather(*(c.closed for c in clients)), CONNECT_TIMEOUT)
+    print("CLOSED", flush=True)
+    go = await read_line(CONNECT_TIMEOUT * 5)
+    if not go.startswith("GO "):
+        raise RuntimeError(f"expected GO, got {go!r}")
+    missed = int(go.split()[1])
+    done = asyncio.Event()
+    finished = 0
+
+    def on_done() -> None:
+        nonlocal finished
+        finished += 1
+        if finished >= args.count:
+            done.set()
+
+    loop = asyncio.get_running_loop()
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    back: list[Client] = []
+    for first in range(0, args.count, CONNECT_BATCH):  # the same batches as the first connect
+        batch = []
+        for since, epoch in positions[first : first + CONNECT_BATCH]:
+            client = Client(args.kind, args.port, False, missed, on_done)
+            client.since, client.epoch = since, epoch
+            await loop.create_connection(lambda c=client: c, "127.0.0.1", args.port)  # type: ignore[misc]
+            batch.append(client)
+        back.extend(batch)
+    timed_out = False
+    try:
+        await asyncio.wait_for(done.wait(), CONNECT_TIMEOUT)
+    except asyncio.TimeoutError:
+        timed_out = True
+    t1 = time.monotonic()
+    result = {
+        "connections": len(back),
+        "missed": missed,
+        "seconds": t1 - t0,
+        "timed_out": timed_out,
+        "complete": sum(1 for c in back if c.count >= missed),
+        "recovered": sum(1 for c in back if c.recovered),
+        "subscribe_retries": sum(c.retries for c in back),
+        "deliveries": sum(c.count for c in back),
+        "cpu_s": time.process_time() - cpu0,
+        "errors": [e for c in back for e in c.errors][:5],
+    }
+    for client in back:
+        if client.transport is not None:
+            client.transport.close()
+    return result
+
+
 async def publish_role(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     client = Client(args.kind, args.port, False, 0, lambda: None, subscribe=False)
@@ -372,11 +474,19 @@ async def publish_role(args: argparse.Namespace) -> dict[str, Any]:
             break
         due = min(args.count, int((now - t0) * args.rate) + 1)
         while sent < due:
-            client.send(publish_frame(args.kind, payload(sent)))
+            frame = publish_frame(args.kind, payload(sent))
+            if args.kind == "ours" and sent == args.count - 1:
+                frame = frame[:-1] + ',"id":"last"}'  # answered once stored: publishes are handled in order
+            client.send(frame)
             sent += 1
         await asyncio.sleep(0.005)
+    if args.kind == "ours" and sent == args.count:
+        stored = loop.time() + CONNECT_TIMEOUT
+        while client.acked != "last" and loop.time() < stored and not client.errors:
+            await asyncio.sleep(0.005)  # polls the reply (bounded): every publish is stored when it comes
     t1 = time.monotonic()
     result = {
+        "acked": client.acked == "last",
         "sent": sent,
         "t_start": t0,
         "t_end": t1,
@@ -393,7 +503,7 @@ async def publish_role(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", choices=["subscribe", "publish"])
+    parser.add_argument("role", choices=["subscribe", "publish", "recover"])
     parser.add_argument("--kind", choices=sorted(PATHS), required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, required=True, help="connections (subscribe) or messages (publish)")
@@ -412,6 +522,8 @@ def main() -> None:
         pass
     if args.role == "subscribe":
         print("RESULT " + json.dumps(asyncio.run(subscribe_role(args))), flush=True)
+    elif args.role == "recover":
+        print("RESULT " + json.dumps(asyncio.run(recover_role(args))), flush=True)
     else:
         asyncio.run(publish_role(args))
 

@@ -32,6 +32,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import math
 import os
 import platform
 import shutil
@@ -153,17 +154,33 @@ def runqueue_wait(pid: int) -> float:
         return 0.0
 
 
-def percentile(hist: dict[int, int], q: float) -> Optional[float]:
-    total = sum(hist.values())
+def percentile(hist: dict[int, int], q: float, expected: Optional[int] = None) -> Optional[float]:
+    """The ``q`` quantile of the histogram, in seconds; with ``expected`` counts, the missing ones are
+    later than everything (``math.inf`` when the quantile falls among them); None for an empty histogram."""
+    got = sum(hist.values())
+    total = max(expected or 0, got)
     if not total:
         return None
     rank = q * total
+    if rank > got:
+        return math.inf
     seen = 0
     for bucket in sorted(hist):
         seen += hist[bucket]
         if seen >= rank:
             return bucket_value(bucket)
     return bucket_value(max(hist))
+
+
+def bucket_value_ms(hist: dict[int, int], q: float, expected: int) -> Optional[float]:
+    value = percentile(hist, q, expected)
+    return None if value is None else value * 1e3
+
+
+def median_or_none(values: list[Optional[float]]) -> Optional[float]:
+    """The median of the values that are not None (None if there are none)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) -> dict[str, Any]:
@@ -224,6 +241,7 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
             hist[int(bucket)] = hist.get(int(bucket), 0) + n
     deliveries = sum(r["deliveries"] for r in results)
     expected = sum(r["expected"] for r in results)
+    timed_expected = sum(r["sampled_connections"] for r in results) * (total - warmup)
     last = max(r["last_arrival"] for r in results)
     span = max(last - pub["t_start"], 1e-9)
     busy = (sys1["user"] + sys1["nice"] + sys1["system"]) - (sys0["user"] + sys0["nice"] + sys0["system"])
@@ -237,9 +255,12 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
         "deliveries_per_s": deliveries / span,
         "span_s": span,
         "wall_s": wall,
-        "p50_ms": (percentile(hist, 0.50) or 0.0) * 1e3,
-        "p99_ms": (percentile(hist, 0.99) or 0.0) * 1e3,
-        "max_ms": (bucket_value(max(hist)) if hist else 0.0) * 1e3,
+        # Over every timed (post-warm-up) message the sampled subscribers should have had: one that never
+        # came (within the drain) counts as later than all, so a quantile among them is inf ("not delivered").
+        "p50_ms": bucket_value_ms(hist, 0.50, timed_expected),
+        "p99_ms": bucket_value_ms(hist, 0.99, timed_expected),
+        "timed_expected": timed_expected,
+        "timed_delivered": sum(hist.values()),
         "latency_samples": sum(hist.values()),
         "sampled_missing": sum(r["sampled_missing"] for r in results),
         "sampled_repeats": sum(r["sampled_repeats"] for r in results),
@@ -261,6 +282,60 @@ def measure(kind: str, rate: float, args: argparse.Namespace, log: IO[bytes]) ->
     }
 
 
+def measure_recovery(args: argparse.Namespace, log: IO[bytes]) -> dict[str, Any]:
+    """Ours only: ``--subscribers`` clients (half on each server) disconnect, ``--recovery-missed`` messages are
+    published, and all reconnect with ``since``; how long until every one has them all."""
+    children: list[Child] = []
+    workdir = tempfile.mkdtemp(prefix="bench11-")
+    py = sys.executable
+    missed = args.recovery_missed
+    try:
+        redis, url = start_redis(log, workdir)
+        children.append(redis)
+        ports = []
+        for i in range(2):
+            server = Child(
+                f"ours-server-{i}", [py, os.path.join(HERE, "servers.py"), "--kind", "ours", "--redis", url], log
+            )
+            children.append(server)
+            ports.append(int(server.expect("PORT ", START_TIMEOUT)))
+        half = args.subscribers // 2
+        groups = []
+        for i, port in enumerate(ports):
+            count = half if i == 0 else args.subscribers - half
+            argv = [py, os.path.join(HERE, "loadgen.py"), "recover", "--kind", "ours", "--port", str(port)]
+            group = Child(f"ours-recover-{i}", argv + ["--count", str(count)], log, stdin=True)
+            children.append(group)
+            groups.append(group)
+        for group in groups:
+            group.expect("CLOSED", START_TIMEOUT * 3)
+        argv = [py, os.path.join(HERE, "loadgen.py"), "publish", "--kind", "ours", "--port", str(ports[0])]
+        publisher = Child("ours-publisher", argv + ["--count", str(missed), "--rate", "10000"], log, stdin=True)
+        children.append(publisher)
+        pub = json.loads(publisher.expect("RESULT ", RESULT_TIMEOUT))
+        if not pub["acked"]:
+            raise RuntimeError(f"the publisher's last message was not acknowledged: {pub}")
+        for group in groups:
+            group.tell(f"GO {missed}")
+        results = [json.loads(group.expect("RESULT ", RESULT_TIMEOUT)) for group in groups]
+        publisher.tell("STOP")
+    finally:
+        for child in reversed(children):
+            child.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "clients": sum(r["connections"] for r in results),
+        "missed": missed,
+        "seconds": max(r["seconds"] for r in results),
+        "complete": sum(r["complete"] for r in results),
+        "recovered": sum(r["recovered"] for r in results),
+        "subscribe_retries": sum(r["subscribe_retries"] for r in results),
+        "deliveries": sum(r["deliveries"] for r in results),
+        "timed_out": any(r["timed_out"] for r in results),
+        "errors": [e for r in results for e in r["errors"]],
+    }
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -279,7 +354,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def fmt(x: float) -> str:
+def fmt(x: Optional[float]) -> str:
+    if x is None:
+        return "n/a"
+    if x == math.inf:
+        return "not delivered"
     return f"{x:,.0f}" if x >= 100 else f"{x:,.2f}"
 
 
@@ -306,7 +385,7 @@ def table(summary: dict[str, dict[str, Any]], rate: float, args: argparse.Namesp
         cells = [label] + [fmt(summary[k][key]) for k in kinds]
         if len(kinds) == 2:
             a, b = summary["ours"][key], summary["socketio"][key]
-            if higher is None or not b or not a:
+            if higher is None or not b or not a or math.isinf(a) or math.isinf(b):
                 cells.append("")
             else:
                 cells.append(f"{a / b:.1f}x" if higher else f"{b / a:.1f}x lower")
@@ -324,6 +403,12 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=100, help="subscribers that time every delivery")
     parser.add_argument("--drain", type=float, default=20.0, help="seconds allowed after the last publish")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--recovery-missed",
+        type=int,
+        default=100,
+        help="messages each client misses in the recovery measurement (0: skip)",
+    )
     parser.add_argument("--nice", type=int, default=-20, help="nice value of every child (default -20 as root)")
     parser.add_argument("--output")
     args = parser.parse_args()
@@ -343,8 +428,8 @@ def main() -> int:
                     runs[f"{rate:g}"][kind].append(result)
                     print(
                         f"[{rep + 1}/{args.repeat}] {rate:g}/s {kind:9} {result['deliveries_per_s']:>10,.0f} "
-                        f"deliveries/s ({result['delivered_share']:.1%} delivered) p50 {result['p50_ms']:.1f} ms "
-                        f"p99 {result['p99_ms']:.1f} ms missing {result['sampled_missing']} "
+                        f"deliveries/s ({result['delivered_share']:.1%} delivered) p50 {fmt(result['p50_ms'])} ms "
+                        f"p99 {fmt(result['p99_ms'])} ms missing {result['sampled_missing']} "
                         f"repeated {result['sampled_repeats']} reordered {result['sampled_reordered']} "
                         f"cpu servers {result['cpu_util']['servers']:.2f} "
                         f"loadgen {result['cpu_util']['loadgen_max_process']:.2f} "
@@ -352,13 +437,25 @@ def main() -> int:
                         f"cpu/1000 {result['server_cpu_ms_per_1000']:.1f} ms",
                         flush=True,
                     )
-    summary: dict[str, dict[str, dict[str, Any]]] = {}
+        recoveries = []
+        if args.recovery_missed and "ours" in kinds:
+            for rep in range(args.repeat):
+                recovery = measure_recovery(args, log)
+                recoveries.append(recovery)
+                print(
+                    f"[{rep + 1}/{args.repeat}] recovery: {recovery['clients']} clients back, "
+                    f"{recovery['missed']} missed each, in {recovery['seconds']:.2f} s "
+                    f"({recovery['complete']} complete, {recovery['recovered']} recovered, "
+                    f"{recovery['subscribe_retries']} subscribes refused as unavailable and retried)",
+                    flush=True,
+                )
+    summary: dict[str, Any] = {}
     tables = []
     for rate in rates:
         per_kind = summary[f"{rate:g}"] = {}
         for kind, results in runs[f"{rate:g}"].items():
             per_kind[kind] = {
-                key: statistics.median(r[key] for r in results)
+                key: median_or_none([r[key] for r in results])
                 for key in ("deliveries_per_s", "delivered_share", "p50_ms", "p99_ms", "server_cpu_ms_per_1000")
             }
             per_kind[kind]["server_wait"] = statistics.median(
@@ -368,6 +465,20 @@ def main() -> int:
             per_kind[kind]["cpu_loadgen"] = statistics.median(r["cpu_util"]["loadgen_max_process"] for r in results)
             per_kind[kind]["other_cpu"] = statistics.median(r["cpu_util"]["other"] for r in results)
         tables.append(table(per_kind, rate, args))
+    if recoveries:
+        summary["recovery"] = {
+            "seconds": statistics.median(r["seconds"] for r in recoveries),
+            "complete": min(r["complete"] for r in recoveries),
+            "recovered": min(r["recovered"] for r in recoveries),
+            "subscribe_retries": statistics.median(r["subscribe_retries"] for r in recoveries),
+        }
+        tables.append(
+            f"Recovery (ours): {args.subscribers} clients disconnected, {args.recovery_missed} messages published, "
+            f"all back with since: every one complete in {summary['recovery']['seconds']:.2f} s "
+            f"(median of {len(recoveries)}; fewest complete {summary['recovery']['complete']}, "
+            f"fewest recovered:true {summary['recovery']['recovered']}; "
+            f"{summary['recovery']['subscribe_retries']:g} subscribes refused as unavailable and retried)"
+        )
     text = "\n\n".join(tables)
     print(text)
     out = args.output or os.path.join(RESULTS_DIR, f"channels-{stamp}.json")
@@ -380,7 +491,8 @@ def main() -> int:
         "versions": versions(),
     }
     with open(out, "w") as f:
-        json.dump({"meta": meta, "params": vars(args), "summary": summary, "runs": runs, "table": text}, f, indent=1)
+        document = {"meta": meta, "params": vars(args), "summary": summary, "runs": runs, "table": text}
+        json.dump({**document, "recoveries": recoveries}, f, indent=1)
     print(f"results: {os.path.relpath(out, ROOT)}")
     return 0
 

@@ -209,13 +209,15 @@ def make_app(hub: Hub, limits: Limits) -> tornado.web.Application:
 def make_hub(args: argparse.Namespace) -> Hub:
     """The in-process hub, or one on Redis (``--redis``); history bounded by ``--history``."""
     history = HistorySettings(max_count=args.history, max_age=args.history_age)
-    if not args.redis:
-        return Hub(MemoryBackend(history))
-    from tornado_websocket.channels_redis import RedisBackend
+    backend: Any = MemoryBackend(history)
+    if args.redis:
+        from tornado_websocket.channels_redis import RedisBackend
 
-    return Hub(
-        RedisBackend(args.redis, prefix="chat:", history=history, presence_ttl=args.presence_ttl, reconnect_max=2.0)
-    )
+        backend = RedisBackend(
+            args.redis, prefix="chat:", history=history, presence_ttl=args.presence_ttl, reconnect_max=2.0
+        )
+    # The hub's cache of recent messages answers recoveries too: no more of them than the history keeps.
+    return Hub(backend, recent_size=args.history)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

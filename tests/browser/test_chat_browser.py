@@ -185,3 +185,26 @@ def test_pages_chat_and_a_killed_worker_loses_nothing(procs: Processes, browser:
     alice.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000  # a real rendering, not an empty page
     assert JS_ERRORS == []
+
+
+def test_a_restart_without_redis_is_reported_as_lost_history(procs: Processes, browser: Any) -> None:
+    """One process, history in memory: a restart makes a new epoch, and the page says so instead of hiding it."""
+    from playwright.sync_api import expect
+
+    JS_ERRORS.clear()
+    server = procs.chat()
+    alice = open_chat(browser, server.http_url, "alice")
+    assert alice.evaluate("window.chatClient.ws.url").endswith("/channels?batch=1")  # joined envelopes
+    send(alice, "before the restart")
+    expect(alice.locator("#messages li .text").last).to_have_text("before the restart")
+    assert server.stop() == 0
+    expect(alice.locator("#status")).not_to_have_attribute("data-state", "open")
+    server.start()  # same port, empty history: a new epoch
+    expect(alice.locator("#status")).to_have_text("Connected as alice", timeout=RECONNECT_MS)
+    expect(alice.locator("#messages li.system", has_text="could not be recovered")).to_have_count(1)
+    expect(alice.locator("#notice")).to_have_text("Reconnected, but some messages were lost.")
+    send(alice, "after the restart")
+    expect(alice.locator("#messages li .text")).to_have_text(["before the restart", "after the restart"])
+    gaps = alice.evaluate("[...window.chatClient.subs.values()][0].gaps")
+    assert gaps == 1
+    assert JS_ERRORS == []

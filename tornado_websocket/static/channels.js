@@ -178,7 +178,9 @@
    *
    * options: minDelay (ms, default 500), maxDelay (ms, default 10000), jitter
    * (0..1, default 0.5: each delay is drawn from [d * (1 - jitter), d]),
-   * WebSocket (a constructor, default the global one), connect (default true).
+   * batch (default true: connect with ?batch=1, so envelopes that leave the
+   * server together share one frame, one per line), WebSocket (a
+   * constructor, default the global one), connect (default true).
    */
   class Client {
     constructor(url, options = {}) {
@@ -187,6 +189,7 @@
       this.minDelay = options.minDelay ?? 500;
       this.maxDelay = options.maxDelay ?? 10000;
       this.jitter = options.jitter ?? 0.5;
+      this.batch = options.batch ?? true; // ask the server to join envelopes that leave together
       this.state = "closed";
       this.attempt = 0; // failed attempts since the server last said something
       this.connections = 0; // WebSockets opened so far
@@ -291,7 +294,13 @@
       this._setState("connecting", { attempt: this.attempt + 1 });
       let ws;
       try {
-        ws = new Socket(absoluteUrl(url));
+        let href = absoluteUrl(url);
+        if (this.batch) {
+          const u = new URL(href);
+          u.searchParams.set("batch", "1");
+          href = u.href;
+        }
+        ws = new Socket(href);
       } catch (err) {
         this._scheduleReconnect({ code: 1006, reason: String(err) });
         return;
@@ -324,7 +333,20 @@
       this.timer = setTimeout(() => { this.timer = null; this._connect(); }, delay);
     }
 
+    _retrySubscribe(sub) {
+      const ws = this.ws;
+      setTimeout(() => {
+        if (this.ws === ws && this.state === "open" && sub.active && !sub.subscribed) this._send(sub._request());
+      }, this._delay());
+    }
+
     _onFrame(text) {
+      if (typeof text !== "string") return;
+      // With ?batch=1 one frame may carry several envelopes, one per line (JSON text has no raw newline).
+      for (const line of text.split("\n")) if (line) this._onEnvelope(line);
+    }
+
+    _onEnvelope(text) {
       let msg;
       try {
         msg = JSON.parse(text);
@@ -343,6 +365,9 @@
           if (sub && sub.active) sub._onSubscribed(msg);
           break;
         case "error":
+          if (sub && sub.active && sub.requested && !sub.subscribed && msg.code === "unavailable") {
+            this._retrySubscribe(sub); // the server could not read history (its backend is down): try again
+          }
           if (sub) call(sub.options.onError, msg);
           this._emit("error", msg);
           break;
