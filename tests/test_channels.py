@@ -645,3 +645,69 @@ async def test_a_crowd_coming_back_costs_one_history_read(harness):
         assert resumed["offset"] == 10
         assert [(await member.expect("message"))["data"] for _ in range(10)] == list(range(10))
     assert backend.reads == 2, f"{backend.reads - 1} history reads for one crowd"
+
+
+@pytest.mark.asyncio
+async def test_the_hub_recovers_no_more_than_the_history_keeps(harness):
+    """The hub's recent messages are bounded by the backend's max_count: beyond it, recovery fails as history does."""
+    backend = CountingBackend(history=HistorySettings(max_count=5, max_age=None))
+    hub = Hub(backend, recent_size=1000)
+    assert hub.recent_size == 5
+    serve(harness, hub)
+    keeper = await peer(harness)
+    head = await keeper.subscribe("room")
+    for i in range(10):
+        await publish_json(hub, "room", i)
+    for i in range(10):
+        await keeper.expect("message", data=i)
+    late = await peer(harness)
+    resumed = await late.subscribe("room", since=0, epoch=head["epoch"])
+    assert resumed["recovered"] is False and backend.reads == 2  # as the history answers: 1-5 are gone
+    within = await peer(harness)
+    resumed = await within.subscribe("room", since=6, epoch=head["epoch"])
+    assert resumed["recovered"] is True and backend.reads == 2  # answered by the hub
+    assert [(await within.expect("message"))["offset"] for _ in range(4)] == [7, 8, 9, 10]
+
+
+class ClockedBackend(CountingBackend):
+    """The in-process backend with its histories on a clock the test moves."""
+
+    def __init__(self, now: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.now = now
+
+    def _history(self, channel: str) -> ChannelHistory:
+        if channel not in self._histories:
+            self._histories[channel] = ChannelHistory(self.history_settings, clock=lambda: self.now[0])
+        return self._histories[channel]
+
+
+@pytest.mark.asyncio
+async def test_the_hub_recovers_nothing_older_than_the_history_keeps(harness, monkeypatch):
+    """Messages older than max_age are not recovered from the hub's recent messages either."""
+    now = [1000.0]
+    monkeypatch.setattr(tornado_websocket.hub, "clock", lambda: now[0])
+    backend = ClockedBackend(now, history=HistorySettings(max_count=100, max_age=60.0))
+    hub = Hub(backend)
+    serve(harness, hub)
+    keeper = await peer(harness)
+    head = await keeper.subscribe("room")
+    for i in range(3):
+        await publish_json(hub, "room", i)
+    now[0] += 50.0
+    for i in range(3, 6):
+        await publish_json(hub, "room", i)
+    for i in range(6):
+        await keeper.expect("message", data=i)
+    fresh = await peer(harness)
+    resumed = await fresh.subscribe("room", since=0, epoch=head["epoch"])
+    assert resumed["recovered"] is True and backend.reads == 1  # all six are within 60 s: from the hub
+    assert [(await fresh.expect("message"))["offset"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+    now[0] += 20.0  # the first three are 70 s old now, the last three 20 s
+    late = await peer(harness)
+    resumed = await late.subscribe("room", since=0, epoch=head["epoch"])
+    assert resumed["recovered"] is False and backend.reads == 2  # the history has lost 1-3, and says so
+    within = await peer(harness)
+    resumed = await within.subscribe("room", since=3, epoch=head["epoch"])
+    assert resumed["recovered"] is True
+    assert [(await within.expect("message"))["offset"] for _ in range(3)] == [4, 5, 6]

@@ -42,12 +42,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Optional, Protocol
 
 from tornado_websocket.broadcast import broadcast
-from tornado_websocket.channels_history import Data, Entry, Recovery
+from tornado_websocket.channels_history import Data, Entry, HistorySettings, Recovery
 from tornado_websocket.channels_memory import MemoryBackend
 from tornado_websocket.connection import PreparedMessage, WebSocketConnection
 from tornado_websocket.errors import WebSocketError
@@ -57,6 +58,9 @@ from tornado_websocket.metrics import STATS
 hub_log = logging.getLogger("tornado_websocket.hub")
 
 DEFAULT_MAX_PENDING_BYTES = 1024 * 1024
+
+#: The hub's clock (seconds, monotonic): when the messages it keeps arrived, for the history's ``max_age``.
+clock = time.monotonic
 
 #: The old name of the in-process backend.
 InProcessBackend = MemoryBackend
@@ -214,7 +218,7 @@ class _Channel:
 
     __slots__ = (
         "name", "groups", "pending", "watchers", "members", "epoch", "last", "ready", "resync_buffer", "recent",
-        "queued", "reading",
+        "recent_at", "queued", "reading",
     )  # fmt: skip
 
     def __init__(self, name: str, ready: Awaitable[None]) -> None:
@@ -231,18 +235,47 @@ class _Channel:
         # The last messages delivered here, consecutive offsets ending at `last` in `epoch`: recoveries
         # from within it need no backend read (everyone coming back after a blip asks for the same tail).
         self.recent: deque[Entry] = deque()
+        self.recent_at: deque[float] = deque()  # when each of `recent` arrived here (monotonic)
         self.reading: Optional[asyncio.Future[None]] = None  # a history read in flight for a subscriber
 
-    def remember(self, entries: list[Entry], limit: int) -> None:
-        """Put history ``entries`` (of ``epoch``, consecutive, ending at or before ``last``) in front of ``recent``."""
+    def remember(self, entries: list[Entry], limit: int, read_at: float) -> None:
+        """Put history ``entries`` (of ``epoch``, consecutive, ending at or before ``last``) in front of ``recent``.
+
+        Their age is not known here: they count as arrived at ``read_at``,
+        the start of the read that returned them, which the backend answered
+        within its ``max_age``.
+        """
         if not entries or not limit:
             return
         recent = self.recent
         end = entries[-1][0]
         if recent and recent[0][0] == end + 1:
-            recent.extendleft(reversed(entries[-(limit - len(recent)) :] if len(recent) < limit else []))
+            older = entries[-(limit - len(recent)) :] if len(recent) < limit else []
+            recent.extendleft(reversed(older))
+            self.recent_at.extendleft(read_at for _ in older)
         elif not recent and end == self.last:
-            recent.extend(entries[-limit:])
+            newest = entries[-limit:]
+            recent.extend(newest)
+            self.recent_at.extend(read_at for _ in newest)
+
+    def keep_recent(self, entry: Entry, limit: int, now: float) -> None:
+        """Add a message delivered live to ``recent``, keeping at most ``limit``."""
+        self.recent.append(entry)
+        self.recent_at.append(now)
+        if len(self.recent) > limit:
+            self.recent.popleft()
+            self.recent_at.popleft()
+
+    def forget_recent(self) -> None:
+        self.recent.clear()
+        self.recent_at.clear()
+
+    def expire_recent(self, oldest: float) -> None:
+        """Drop from ``recent`` what arrived before ``oldest`` (the history's ``max_age`` applies here too)."""
+        recent, recent_at = self.recent, self.recent_at
+        while recent_at and recent_at[0] < oldest:
+            recent.popleft()
+            recent_at.popleft()
 
     def recover_locally(self, since: Optional[int], epoch: Optional[str]) -> Optional[Recovery]:
         """The recovery of ``since`` from ``recent`` alone, or None if it needs the backend."""
@@ -271,7 +304,8 @@ class Hub:
     ``subscribe_timeout`` seconds (Redis is down) fails with :class:`HubUnavailableError`.
     The hub keeps the last ``recent_size`` messages it delivered per channel,
     so that subscribers coming back within them are answered without reading
-    the backend's history.
+    the backend's history; never more, nor older ones, than the backend's
+    ``history_settings`` keep.
     """
 
     def __init__(
@@ -285,7 +319,10 @@ class Hub:
     ) -> None:
         self.backend: Any = backend if backend is not None else MemoryBackend()
         self.subscribe_timeout = subscribe_timeout
-        self.recent_size = recent_size
+        # What the cache answers stays within what the backend's history would: as many, as old.
+        history: Optional[HistorySettings] = getattr(self.backend, "history_settings", None)
+        self.recent_size = recent_size if history is None else min(recent_size, history.max_count)
+        self._recent_max_age = None if history is None else history.max_age
         self.max_pending_bytes = max_pending_bytes
         self.slow_consumer_code = slow_consumer_code
         self._channels: dict[str, _Channel] = {}
@@ -359,11 +396,11 @@ class Hub:
                     )
             else:
                 state.ready.result()
-            recovery = state.recover_locally(pending.since, pending.epoch)
+            recovery = self._recover_locally(state, pending)
             if recovery is None and state.reading is not None:
                 # Another subscriber is reading this channel's history: what it reads may answer us too.
                 await asyncio.shield(state.reading)
-                recovery = state.recover_locally(pending.since, pending.epoch)
+                recovery = self._recover_locally(state, pending)
             if recovery is None:
                 recovery = await self._read_history(channel, state, pending)
             members = await self.backend.members(channel) if pending.member is not None else None
@@ -409,20 +446,26 @@ class Hub:
             self._spawn(self.backend.join(channel, member_id, info))
         return Subscription(channel, recovery.epoch, recovery.offset, recovery.recovered, len(recovery.entries))
 
+    def _recover_locally(self, state: _Channel, pending: _Pending) -> Optional[Recovery]:
+        if self._recent_max_age is not None:
+            state.expire_recent(clock() - self._recent_max_age)
+        return state.recover_locally(pending.since, pending.epoch)
+
     async def _read_history(self, channel: str, state: _Channel, pending: _Pending) -> Recovery:
         """Ask the backend; what it answers becomes the channel's position and recent messages here."""
         reading: Optional[asyncio.Future[None]] = None
         if state.reading is None:
             reading = state.reading = asyncio.get_running_loop().create_future()
         try:
+            read_at = clock()
             recovery: Recovery = await self.backend.recover(channel, pending.since, pending.epoch)
             if state.epoch is None:
                 # Nothing arrived live since live delivery started: the channel is at recovery.offset.
                 state.epoch, state.last = recovery.epoch, max(state.last, recovery.offset)
                 if recovery.recovered and state.last == recovery.offset:
-                    state.remember(recovery.entries, self.recent_size)
+                    state.remember(recovery.entries, self.recent_size, read_at)
             elif recovery.epoch == state.epoch and recovery.recovered:
-                state.remember(recovery.entries, self.recent_size)
+                state.remember(recovery.entries, self.recent_size, read_at)
             return recovery
         finally:
             if reading is not None:
@@ -507,20 +550,17 @@ class Hub:
         self._dispatch(channel, state, epoch, offset, message)
 
     def _dispatch(self, channel: str, state: _Channel, epoch: str, offset: int, message: Data) -> None:
-        recent = state.recent
         if state.epoch == epoch:
             if offset <= state.last:
                 return  # delivered already (history read after a reconnect overlaps the live stream)
             if offset != state.last + 1:
-                recent.clear()  # a gap history could not fill: only consecutive offsets are kept
+                state.forget_recent()  # a gap history could not fill: only consecutive offsets are kept
         else:
             state.epoch = epoch  # a new history (or the first message here)
-            recent.clear()
+            state.forget_recent()
         state.last = offset
         if self.recent_size:
-            recent.append((offset, message))
-            if len(recent) > self.recent_size:
-                recent.popleft()
+            state.keep_recent((offset, message), self.recent_size, clock())
         for pending in state.pending.values():
             pending.buffer.append((epoch, offset, message))
         if state.groups:
