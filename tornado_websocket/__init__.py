@@ -26,7 +26,7 @@ from tornado_websocket.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from tornado_websocket.serve import serve
 from tornado_websocket.shutdown import shutdown, shutdown_on_signal
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Tornado's module constant (10 MiB), which some applications read.
 _default_max_message_size = DEFAULT_MAX_MESSAGE_SIZE
