@@ -33,7 +33,8 @@ COLORS = {
 
 def short_label(label: str) -> str:
     """Break the long library names so the tick labels do not overlap."""
-    return label.replace(", stdlib zlib", "\n(stdlib zlib)").replace("tornado_websocket", "tornado_\nwebsocket").replace("tornado.websocket", "tornado.\nwebsocket")
+    label = label.replace(", stdlib zlib", "\n(stdlib zlib)")
+    return label.replace("tornado_websocket", "tornado_\nwebsocket").replace("tornado.websocket", "tornado.\nwebsocket")
 
 
 def main() -> int:
