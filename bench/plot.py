@@ -22,6 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 COLORS = {
     "ours": "#d62728",
+    "ours-zlib": "#ff9896",
+    "before": "#8c564b",
     "tornado": "#7f7f7f",
     "websockets": "#1f77b4",
     "aiohttp": "#2ca02c",
@@ -31,6 +33,7 @@ COLORS = {
 
 def short_label(label: str) -> str:
     """Break the long library names so the tick labels do not overlap."""
+    label = label.replace(", stdlib zlib", "\n(stdlib zlib)")
     return label.replace("tornado_websocket", "tornado_\nwebsocket").replace("tornado.websocket", "tornado.\nwebsocket")
 
 
