@@ -141,26 +141,7 @@ nitpick_ignore = [("py:data", "clock")]
 # Public methods without a docstring yet, in modules that other work in progress is changing; each
 # entry is a known gap, shown here instead of failing the build. Remove an entry with its docstring:
 # anything not listed fails the build (-W).
-DOCSTRING_PENDING = {
-    "tornado_websocket.hub.InProcessBackend": ("start", "publish", "close", "channel_added", "channel_removed"),
-    "tornado_websocket.hub.RedisBackend": (
-        "start",
-        "publish",
-        "close",
-        "channel_added",
-        "channel_removed",
-        "is_subscribed",
-    ),
-    "tornado_websocket.transport.SocketTransport": ("set_nodelay", "pause_reading"),
-    "tornado_websocket.transport.StreamTransport": (
-        "set_nodelay",
-        "pause_reading",
-        "resume_reading",
-        "flushed",
-        "abort",
-    ),
-    "tornado_websocket.transport.DetachedStream": ("set_nodelay", "fileno", "closed"),
-}
+DOCSTRING_PENDING: dict[str, tuple[str, ...]] = {}
 
 # -- doctest -----------------------------------------------------------------------------
 

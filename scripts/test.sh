@@ -32,6 +32,7 @@ bash scripts/ci/ops.sh  # prometheus-client, python-socks, tinyproxy, microsocks
 bash scripts/ci/realapps.sh
 sh scripts/ci/channels.sh   # redis-cli (the Redis Cluster fixture), nftables and iproute2 (the lossy-link test) (issue 13)
 bash scripts/ci/firefox.sh  # Debian's firefox-esr and puppeteer-core for the interop matrix (issue 15)
+bash scripts/ci/perf.sh     # zlib-ng, the [fast] extra (issue 14)
 
 echo "== ruff"
 ruff check tornado_websocket tests demos bench scripts fuzz
@@ -54,6 +55,8 @@ TORNADO_WEBSOCKET_TEST_LOOP=uvloop python3 -m pytest -p no:cacheprovider -q \
 echo "== pytest again without the C speedups (pure-Python masking)"
 TORNADO_WEBSOCKET_NO_SPEEDUPS=1 python3 -m pytest -p no:cacheprovider -q \
     tests/test_frames.py tests/test_protocol.py tests/test_transport.py tests/test_server_wire.py tests/test_client.py
+echo "== TLS, broadcast and transport without the C speedups and on uvloop, deflate on the standard zlib"
+bash scripts/ci/perf.sh --run
 
 echo "== Autobahn|Testsuite (every case, our echo server and our client)"
 # wstest is Python 2 software: scripts/autobahn.py installs it for a Python 2.7 (pyenv's, here).

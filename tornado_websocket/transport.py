@@ -167,6 +167,7 @@ class SocketTransport:
             self._selector.add_reader(self._fd, self._read_ready)
 
     def pause_reading(self) -> None:
+        """Hold what arrives (up to a bounded read-ahead) instead of handing it to the sink."""
         self._paused = True
 
     def _read_ahead(self) -> None:
@@ -365,6 +366,7 @@ class SocketTransport:
         self._aloop.call_soon(self.sink.connection_lost)
 
     def set_nodelay(self, value: bool) -> None:
+        """Set or clear ``TCP_NODELAY`` (ignored once closed or if the socket refuses it)."""
         if not self._closed:
             try:
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if value else 0)
@@ -532,6 +534,7 @@ class DetachedStream:
         return None
 
     def fileno(self) -> int:
+        """The socket's file descriptor (as ``IOStream.fileno``)."""
         return self._transport.socket.fileno()
 
     def close(self, exc_info: Any = False) -> None:
@@ -539,9 +542,11 @@ class DetachedStream:
         self._transport.abort()
 
     def closed(self) -> bool:
+        """Whether the connection is gone (as ``IOStream.closed``)."""
         return self._transport.closed
 
     def set_nodelay(self, value: bool) -> None:
+        """Set or clear ``TCP_NODELAY`` on the connection (as ``IOStream.set_nodelay``)."""
         self._transport.set_nodelay(value)
 
 
@@ -576,12 +581,14 @@ class StreamTransport:
         return 0 if buffered is None else len(buffered)
 
     def resume_reading(self) -> None:
+        """Hand what arrives to the sink again, starting with what arrived while paused."""
         if self._paused:
             self._paused = False
             if not self._read_pending:
                 self._read_more()
 
     def pause_reading(self) -> None:
+        """Stop handing what arrives to the sink (the IOStream then stops reading)."""
         self._paused = True
 
     def _read_more(self) -> None:
@@ -642,6 +649,7 @@ class StreamTransport:
         return _closed_as_websocket(written, self._aloop)
 
     def flushed(self) -> asyncio.Future[None]:
+        """A future that completes once everything written so far is with the kernel."""
         if self.closed:
             return _failed_future(self._aloop)
         return _closed_as_websocket(self.stream.write(b""), self._aloop)
@@ -666,6 +674,7 @@ class StreamTransport:
             self.abort()
 
     def abort(self) -> None:
+        """Drop the connection now, without flushing (closes the IOStream)."""
         self.stream.close()
 
     def _on_close(self) -> None:
@@ -674,6 +683,7 @@ class StreamTransport:
             self.sink.connection_lost()
 
     def set_nodelay(self, value: bool) -> None:
+        """Set or clear ``TCP_NODELAY`` (``IOStream.set_nodelay``)."""
         self.stream.set_nodelay(value)
 
 
