@@ -216,8 +216,7 @@ def make_hub(args: argparse.Namespace) -> Hub:
         backend = RedisBackend(
             args.redis, prefix="chat:", history=history, presence_ttl=args.presence_ttl, reconnect_max=2.0
         )
-    # The hub's cache of recent messages answers recoveries too: no more of them than the history keeps.
-    return Hub(backend, recent_size=args.history)
+    return Hub(backend)  # its cache of recent messages is bounded by the backend's history settings
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
