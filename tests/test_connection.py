@@ -842,6 +842,30 @@ async def test_flushed_inside_a_dispatch_covers_frames_without_a_future(harness,
     assert await bounded(flushed) is None
 
 
+async def test_a_write_the_kernel_takes_during_a_dispatch_is_done_without_a_loop_turn(harness, script):
+    # The batch's future is completed when the one send() of the batch returns, not a loop turn
+    # later: a callback scheduled during on_message (it runs on the very next turn) already sees it done.
+    seen: list[tuple[bool, bool]] = []
+    checked = asyncio.Event()
+
+    def on_message(handler: Any, message: str) -> None:
+        future = handler.write_message(message)
+
+        def check() -> None:
+            seen.append((future.done(), future.done() and future.result() is None))
+            checked.set()
+
+        asyncio.get_running_loop().call_soon(check)
+
+    script.on_message = on_message
+    client = await harness.raw_ws()
+    await script.handler()
+    await client.send_text("echo")
+    await expect_bytes(client, server_frame(OP_TEXT, b"echo"))
+    await bounded(checked.wait())
+    assert seen == [(True, True)]
+
+
 # -- the same driver over TLS (the socket leaves the IOStream for TLSTransport) ---------------------------------------
 
 

@@ -551,18 +551,32 @@ class WebSocketConnection:
 
     def flushed(self) -> asyncio.Future[None]:
         """A future for when everything written so far (the current batch included) is with the kernel."""
-        return self._flush_batch() if self._batch else self.transport.flushed()
+        if self._batch:
+            pending = self._flush_batch()
+            return pending if pending is not None else _done_future(self._aloop)
+        return self.transport.flushed()
 
-    def _flush_batch(self) -> asyncio.Future[None]:
-        """Write the frames queued while handling a read with one system call."""
+    def _flush_batch(self) -> Optional[asyncio.Future[None]]:
+        """Write the frames queued while handling a read with one system call.
+
+        Returns None when the kernel took them all (the batch's future, if
+        a write asked for one, is then already done: nothing waits for a
+        loop turn), else a future for when it has them.
+        """
         batch = self._batch
         assert batch
         self._batch = None
-        sent = self._send(*batch.parts())
+        pending = self.transport.write(batch.parts())
+        if pending is not None:
+            self._write_buffer_overflows()
         future = batch.future
         if future is None:
-            return sent
-        chain(sent, future)
+            return pending
+        if pending is None:
+            if not future.done():  # a caller may have cancelled the future write_message gave it
+                future.set_result(None)
+            return None
+        chain(pending, future)
         return future
 
     def _send(self, *parts: bytes) -> asyncio.Future[None]:
@@ -572,9 +586,7 @@ class WebSocketConnection:
         """
         future = self.transport.write(parts)
         if future is None:
-            done: asyncio.Future[None] = self._aloop.create_future()
-            done.set_result(None)
-            return done
+            return _done_future(self._aloop)
         self._write_buffer_overflows()
         return future
 
@@ -702,6 +714,13 @@ class WebSocketConnection:
     def set_nodelay(self, value: bool) -> None:
         """Set TCP_NODELAY on the socket (see ``IOStream.set_nodelay``)."""
         self.transport.set_nodelay(value)
+
+
+def _done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """A future that is already done (what a write the kernel took at once returns)."""
+    future: asyncio.Future[None] = loop.create_future()
+    future.set_result(None)
+    return future
 
 
 def send_prepared_to_all(connections: Iterable[Any], message: PreparedMessage) -> int:
