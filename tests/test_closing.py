@@ -22,7 +22,8 @@ WAIT = 5.0
 class RecordingIO:
     """A CloseIO that records what the handshake asks for; ``flushed()`` futures complete when the test says."""
 
-    def __init__(self) -> None:
+    def __init__(self, drained: bool = False) -> None:
+        self.drained = drained  # what close_if_drained() answers
         self.calls: list[tuple[str, Optional[bytes]]] = []
         self.flush_futures: list[asyncio.Future[None]] = []
         self.aborted = asyncio.get_running_loop().create_future()
@@ -47,6 +48,10 @@ class RecordingIO:
         if not self.aborted.done():
             self.aborted.set_result(None)
 
+    def close_if_drained(self) -> bool:
+        self.calls.append(("close_if_drained", None))
+        return self.drained
+
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
 
@@ -68,9 +73,9 @@ def unmask_client_frame(frame: bytes) -> tuple[int, bytes]:
     return frame[0], xor_mask(key, payload)
 
 
-def handshake(side: Side, timeout: float = 60.0) -> tuple[CloseHandshake, Protocol, RecordingIO]:
+def handshake(side: Side, timeout: float = 60.0, drained: bool = False) -> tuple[CloseHandshake, Protocol, RecordingIO]:
     protocol = Protocol(side)
-    io = RecordingIO()
+    io = RecordingIO(drained)
     return CloseHandshake(protocol, io, IOLoop.current(), timeout), protocol, io
 
 
@@ -99,10 +104,10 @@ async def test_server_close_then_the_peers_echo_half_closes_after_the_flush():
     closing.close(1000, "")
     closing.close_received(CloseReceived(1000, ""))
     assert io.frames() == [server_close_frame(1000)]  # no second close frame
-    assert io.names() == ["write_frame", "flushed"]
+    assert io.names() == ["write_frame", "close_if_drained", "flushed"]
     io.flush_futures[0].set_result(None)
     await asyncio.sleep(0)  # the done callback runs on the next loop turn
-    assert io.names() == ["write_frame", "flushed", "shutdown_write"]
+    assert io.names() == ["write_frame", "close_if_drained", "flushed", "shutdown_write"]
     closing.cancel()
 
 
@@ -111,12 +116,31 @@ async def test_server_echoes_the_peers_close_code_then_ends_tcp():
     received = CloseReceived(4321, "the client's reason")
     closing.close_received(received)
     assert io.frames() == [server_close_frame(4321)]  # the code, not the reason, is echoed
-    assert io.names() == ["write_frame", "flushed"]
+    assert io.names() == ["write_frame", "close_if_drained", "flushed"]
     io.flush_futures[0].set_result(None)
     await asyncio.sleep(0)
     assert io.names()[-1] == "shutdown_write"
     assert closing._timer is not None  # waits for the client's FIN, bounded
     closing.cancel()
+
+
+async def test_server_ends_tcp_at_once_when_nothing_waits_to_be_sent_or_read():
+    closing, protocol, io = handshake(Side.SERVER, drained=True)
+    closing.close_received(CloseReceived(1000, ""))
+    assert io.frames() == [server_close_frame(1000)]
+    assert io.names() == ["write_frame", "close_if_drained"]  # closed: no half-close, no flush to wait for
+    assert closing._timer is None  # nothing to bound
+    closing.close(1000, "")  # a later close() sends nothing more
+    assert io.names() == ["write_frame", "close_if_drained"]
+
+
+async def test_server_close_then_the_echo_ends_tcp_at_once_when_drained():
+    closing, protocol, io = handshake(Side.SERVER, drained=True)
+    closing.close(1000, "")
+    assert closing._timer is not None  # waiting for the client's echo, bounded
+    closing.close_received(CloseReceived(1000, ""))
+    assert io.names() == ["write_frame", "close_if_drained"]
+    closing.cancel()  # the connection's teardown does this once TCP is gone
 
 
 async def test_server_echoes_an_empty_close_with_an_empty_close():
@@ -151,7 +175,7 @@ async def test_close_after_the_peers_close_completes_the_handshake():
     assert protocol.close_received is not None
     closing.close(1000, "bye")
     assert io.frames() == [server_close_frame(1000, "bye")]
-    assert io.names() == ["write_frame", "flushed"]  # both sent: the server ends TCP
+    assert io.names() == ["write_frame", "close_if_drained", "flushed"]  # both sent: the server ends TCP
     closing.cancel()
 
 
@@ -202,10 +226,10 @@ async def test_client_aborts_when_the_server_never_ends_tcp():
 
 
 async def test_a_violation_sends_its_code_and_reason_and_ends_tcp_at_once():
-    closing, protocol, io = handshake(Side.SERVER)
+    closing, protocol, io = handshake(Side.SERVER, drained=True)
     closing.violation(ProtocolViolation(1002, "reserved opcode 0x3"))
     assert io.frames() == [server_close_frame(1002, "reserved opcode 0x3")]
-    assert io.names() == ["write_frame", "flushed"]
+    assert io.names() == ["write_frame", "flushed"]  # never at once: the peer may still be sending
     io.flush_futures[0].set_result(None)
     await asyncio.sleep(0)
     assert io.names()[-1] == "shutdown_write"

@@ -744,6 +744,57 @@ async def test_shutdown_write_with_nothing_pending_sends_eof_at_once(env):
     assert not transport.closed
 
 
+async def readable(sock: socket.socket) -> None:
+    """Until the kernel holds bytes (or the end) for ``sock`` to read."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await bounded(ready)
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def test_close_if_drained_closes_at_once_and_the_peer_gets_everything_then_eof(env):
+    ours, peer = env.pair()
+    sink = Sink()
+    transport = env.transport(ours, sink)
+    assert transport.write([b"the last frame"]) is None
+    assert transport.close_if_drained() is True
+    assert transport.closed
+    assert await recv_until_eof(peer) == (b"the last frame", "eof")  # FIN, not RST
+    await sink.until_lost()
+    assert transport.close_if_drained() is True  # closed stays closed
+
+
+async def test_close_if_drained_after_the_peers_fin_closes(env):
+    ours, peer = env.pair()
+    transport = env.transport(ours, Sink())
+    peer.shutdown(socket.SHUT_WR)
+    await readable(ours)  # the FIN is here, unread
+    assert transport.close_if_drained() is True
+    assert await recv_until_eof(peer) == (b"", "eof")
+
+
+async def test_close_if_drained_keeps_a_connection_with_unread_bytes(env):
+    ours, peer = env.pair()
+    transport = env.transport(ours, Sink())
+    send_now(peer, b"sent after its Close")
+    await readable(ours)
+    assert transport.close_if_drained() is False  # closing now would answer with RST
+    assert not transport.closed
+    assert transport.write([b"still open"]) is None
+    assert await recv_exactly(peer, 10) == b"still open"
+
+
+async def test_close_if_drained_keeps_a_connection_with_writes_waiting(env):
+    ours, peer = env.pair(small_buffers=True)
+    transport = env.transport(ours, Sink())
+    future = await fill_peer(transport, os.urandom(1024 * 1024))
+    assert transport.close_if_drained() is False
+    assert not transport.closed and not future.done()
+
+
 async def test_abort_fails_pending_writes_quietly(env, loop_errors):
     ours, peer = env.pair(small_buffers=True)
     sink = Sink()

@@ -1,8 +1,9 @@
 """The closing handshake (RFC 6455 section 7) of one connection, and its timeout.
 
 :class:`CloseHandshake` decides what to send and when to end TCP: our Close
-frame or the echo of the peer's, then the server half-closes TCP once the
-frames are out and waits for the client's FIN; the client waits for the
+frame or the echo of the peer's, then the server ends TCP: at once when the
+kernel took the frames and nothing unread waits, else it half-closes once
+they are out and waits for the client's FIN; the client waits for the
 server to end TCP. A protocol violation sends a Close with its code and
 half-closes at once. Whatever happens, TCP is dropped ``timeout`` seconds
 after the handshake began. It is made when closing begins, so an open
@@ -35,6 +36,9 @@ class CloseIO(TypingProtocol):
 
     def abort(self) -> None:
         """Drop TCP at once."""
+
+    def close_if_drained(self) -> bool:
+        """Send what is written, then end TCP now if nothing waits to be sent or read; True if it ended."""
 
 
 class CloseHandshake:
@@ -84,10 +88,15 @@ class CloseHandshake:
             self._timer = None
 
     def _both_sent(self) -> None:
-        """Both Close frames are out: the server ends TCP (RFC 6455 section 7.1.1), the client waits for it to."""
+        """Both Close frames are out: the server ends TCP (RFC 6455 section 7.1.1), the client waits for it to.
+
+        The server closes the socket at once when the kernel took its Close
+        and the client sent nothing after its own (the usual case); else it
+        half-closes and waits for the client's FIN.
+        """
         if self._protocol.side is Side.CLIENT:
             self._start_timer()
-        else:
+        elif not self._io.close_if_drained():
             self._end_tcp()
 
     def _end_tcp(self) -> None:

@@ -478,6 +478,15 @@ class WebSocketConnection:
         """Drop the TCP connection at once, without a close handshake."""
         self.transport.abort()
 
+    def close_if_drained(self) -> bool:
+        """Send the current batch, then close TCP now if nothing waits to be sent or read; True if TCP is gone.
+
+        See :meth:`SocketTransport.close_if_drained`.
+        """
+        if self._batch and self._flush_batch() is not None:
+            return False
+        return self.transport.close_if_drained()
+
     def shutdown_write(self) -> None:
         """Half-close TCP once what is written has left (a no-op once TCP is gone)."""
         if not self.closed:

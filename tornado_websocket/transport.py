@@ -342,6 +342,29 @@ class SocketTransport:
 
     # -- closing ---------------------------------------------------------------
 
+    def close_if_drained(self) -> bool:
+        """Close the socket now if the kernel has all that was written and nothing unread waits; True if closed.
+
+        What the kernel has still goes out, then FIN. A socket closed with
+        unread bytes sends RST instead, which can destroy what the peer has
+        not read yet: while the kernel holds unread bytes (or writes wait
+        here) this returns False and changes nothing.
+        """
+        if self._closed:
+            return True
+        if self._pending is not None or self._backlog:
+            return False
+        try:
+            unread = socket.socket.recv(self.socket, 1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            unread = b""  # nothing has arrived
+        except OSError:
+            unread = b""  # reset by the peer: nothing left to protect
+        if unread:
+            return False
+        self.abort()
+        return True
+
     def abort(self) -> None:
         """Close the socket now; unsent data is dropped and the sink hears of it on the next loop turn."""
         if self._closed:
@@ -410,6 +433,10 @@ class TLSTransport(SocketTransport):
         if was_paused and not self._paused and not self._closed:
             # OpenSSL may hold whole records that the read-ahead left (the selector cannot see them).
             self._aloop.call_soon(self._read_ready)
+
+    def close_if_drained(self) -> bool:
+        """False: OpenSSL may hold records the kernel's queue does not show, so TLS keeps the half-close."""
+        return self._closed
 
     def _recv(self, buf: memoryview, size: int = 0) -> int:
         try:
@@ -672,6 +699,10 @@ class StreamTransport:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             self.abort()
+
+    def close_if_drained(self) -> bool:
+        """False (the IOStream decides when bytes leave): the half-close path is taken instead."""
+        return self.closed
 
     def abort(self) -> None:
         """Drop the connection now, without flushing (closes the IOStream)."""
