@@ -30,10 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import os
 import resource
+import selectors
+import socket
 import statistics
 import sys
 import time
@@ -652,73 +655,6 @@ async def scenario_broadcast(params: dict[str, Any], url: str, pid: int, floor: 
     return {"metrics": metrics, "cpu": cpu, "extra": extra}
 
 
-class ChurnProtocol(asyncio.Protocol):
-    """One short-lived connection of scenario 10, on a bare asyncio protocol (cheaper than a WebSocket client).
-
-    Sends the upgrade request; checks the 101 and its ``Sec-WebSocket-Accept``;
-    sends one masked 64 B binary frame and checks the echo byte for byte;
-    sends a Close (1000), checks the server's Close (1000) and then ends TCP.
-    """
-
-    def __init__(self, request: bytes, accept: bytes, frame: bytes, echo: bytes, close: bytes) -> None:
-        self.request, self.accept, self.frame, self.echo, self.close = request, accept, frame, echo, close
-        self.buf = b""
-        self.stage = 0  # 0: waiting for the 101, 1: for the echo, 2: for the server's Close, 3: done
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        transport.write(self.request)
-
-    def _fail(self, why: str) -> None:
-        if not self.done.done():
-            self.done.set_exception(BenchError(why))
-        self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        if self.stage == 0:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            head, buf = buf[: end + 4], buf[end + 4 :]
-            if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
-                self._fail(f"bad upgrade response {head[:200]!r}")
-                return
-            self.stage = 1
-            self.transport.write(self.frame)
-        if self.stage == 1:
-            if len(buf) < len(self.echo):
-                self.buf = buf
-                return
-            if buf[: len(self.echo)] != self.echo:
-                self._fail("the churn echo differs from what was sent")
-                return
-            buf = buf[len(self.echo) :]
-            self.stage = 2
-            self.transport.write(self.close)
-        if self.stage == 2:
-            if len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
-                self.buf = buf
-                return
-            if buf[0] != 0x88 or buf[1] & 0x7F < 2 or buf[2:4] != b"\x03\xe8":
-                self._fail(f"expected the server's Close 1000, got {buf[:16]!r}")
-                return
-            self.stage = 3
-            self.buf = b""
-            self.transport.close()  # both Close frames exchanged: end TCP
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        if self.done.done():
-            return
-        if self.stage == 3:
-            self.done.set_result(None)
-        else:
-            self.done.set_exception(BenchError(f"disconnected at stage {self.stage}: {exc!r}"))
-
-
 def churn_request(host: str, port: int) -> tuple[bytes, bytes]:
     """An upgrade request with a fresh key, and the ``Sec-WebSocket-Accept`` value it must be answered with."""
     key = base64.b64encode(os.urandom(16))
@@ -730,42 +666,139 @@ def churn_request(host: str, port: int) -> tuple[bytes, bytes]:
     return request, accept
 
 
-async def churn_one(host: str, port: int, frame: bytes, echo: bytes, close: bytes) -> None:
-    loop = asyncio.get_running_loop()
-    request, accept = churn_request(host, port)
-    transport, protocol = await loop.create_connection(
-        lambda: ChurnProtocol(request, accept, frame, echo, close), host, port
-    )
+class ChurnConnection:
+    """One short-lived connection of scenario 10: a non-blocking socket and where it is in its life.
+
+    Stages: 0 connecting; 1 upgrade sent, waiting for the 101 (its
+    ``Sec-WebSocket-Accept`` is checked); 2 one masked 64 B binary frame
+    sent, waiting for its echo (checked byte for byte); 3 a Close (1000)
+    sent, waiting for the server's Close (1000), after which TCP is ended.
+    """
+
+    __slots__ = ("sock", "stage", "buf", "request", "accept")
+
+    def __init__(self, host: str, port: int, request: bytes, accept: bytes) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.stage = 0
+        self.buf = b""
+        self.request, self.accept = request, accept
+        err = self.sock.connect_ex((host, port))
+        if err not in (0, errno.EINPROGRESS):
+            self.sock.close()
+            raise BenchError(f"connect failed: {os.strerror(err)}")
+
+
+def churn_phase(
+    host: str, port: int, keys: list[tuple[bytes, bytes]], parallel: int, frame: bytes, echo: bytes, close: bytes
+) -> float:
+    """Run ``len(keys)`` connections, ``parallel`` at a time, on one epoll loop of plain sockets; the seconds taken.
+
+    No asyncio and no WebSocket client: the load generator must stay
+    cheaper per connection than every server it measures. Raises
+    BenchError for any wrong answer, an early end, or no progress for
+    REPLY_TIMEOUT seconds.
+    """
+    sel = selectors.EpollSelector()
+    todo = iter(keys)
+    active = 0
+    started = time.perf_counter()
+
+    def open_one() -> bool:
+        nonlocal active
+        key = next(todo, None)
+        if key is None:
+            return False
+        conn = ChurnConnection(host, port, *key)
+        sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+        active += 1
+        return True
+
+    def finish(conn: ChurnConnection) -> None:
+        nonlocal active
+        sel.unregister(conn.sock)
+        conn.sock.close()  # both Close frames exchanged: end TCP
+        active -= 1
+        open_one()
+
+    for _ in range(parallel):
+        if not open_one():
+            break
     try:
-        await asyncio.wait_for(protocol.done, REPLY_TIMEOUT)
+        while active:
+            ready = sel.select(REPLY_TIMEOUT)
+            if not ready:
+                raise BenchError(f"churn: no progress for {REPLY_TIMEOUT:.0f} s")
+            if time.perf_counter() - started > PHASE_TIMEOUT:
+                raise BenchError(f"churn: the phase took over {PHASE_TIMEOUT:.0f} s")
+            for selkey, _ in ready:
+                conn = selkey.data
+                sock = conn.sock
+                if conn.stage == 0:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise BenchError(f"connect failed: {os.strerror(err)}")
+                    sock.send(conn.request)  # a few hundred bytes: an empty socket buffer takes them
+                    conn.stage = 1
+                    sel.modify(sock, selectors.EVENT_READ, conn)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise BenchError(f"churn: the server ended TCP at stage {conn.stage}")
+                buf = conn.buf + data
+                if conn.stage == 1:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        conn.buf = buf
+                        continue
+                    head, buf = buf[: end + 4], buf[end + 4 :]
+                    if not head.startswith(b"HTTP/1.1 101") or conn.accept not in head:
+                        raise BenchError(f"bad upgrade response {head[:200]!r}")
+                    conn.stage = 2
+                    sock.send(frame)
+                if conn.stage == 2:
+                    if len(buf) < len(echo):
+                        conn.buf = buf
+                        continue
+                    if buf[: len(echo)] != echo:
+                        raise BenchError("the churn echo differs from what was sent")
+                    buf = buf[len(echo) :]
+                    conn.stage = 3
+                    sock.send(close)
+                if conn.stage == 3:
+                    if len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
+                        conn.buf = buf
+                        continue
+                    if buf[0] != 0x88 or buf[1] & 0x7F < 2 or buf[2:4] != b"\x03\xe8":
+                        raise BenchError(f"expected the server's Close 1000, got {buf[:16]!r}")
+                    finish(conn)
     finally:
-        transport.abort()
+        for selkey in list(sel.get_map().values()):
+            selkey.fileobj.close()  # type: ignore[union-attr]
+        sel.close()
+    return time.perf_counter() - started
 
 
 async def scenario_churn(params: dict[str, Any], host: str, port: int, pid: int) -> dict[str, Any]:
-    """``parallel`` workers open, echo once on and cleanly close connections until ``count`` are done."""
+    """``parallel`` connections at a time open, echo once and cleanly close until ``count`` are done."""
     payload = binary_payload(params["size"])
     frame = build_frame(0x2, payload, mask_key())
     echo = bytes([0x82, len(payload)]) + payload  # what the server must send back (unmasked)
     close = build_frame(0x8, b"\x03\xe8", mask_key())
     parallel = params["parallel"]
 
-    async def phase(total: int) -> float:
-        left = [total]
+    def keys(total: int) -> list[tuple[bytes, bytes]]:
+        return [churn_request(host, port) for _ in range(total)]  # fresh keys, made before the clock starts
 
-        async def worker() -> None:
-            while left[0] > 0:
-                left[0] -= 1
-                await churn_one(host, port, frame, echo, close)
-
-        t0 = perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(parallel))), PHASE_TIMEOUT)
-        return perf_counter() - t0
-
-    await phase(params["warmup"])
+    churn_phase(host, port, keys(params["warmup"]), parallel, frame, echo, close)
+    measured = keys(params["count"])
     meter = CpuMeter(pid)
     meter.start()
-    elapsed = await phase(params["count"])
+    elapsed = churn_phase(host, port, measured, parallel, frame, echo, close)
     cpu = meter.stop()
     return {
         "metrics": {"handshakes_per_s": params["count"] / elapsed},
