@@ -388,3 +388,24 @@ async def test_plain_server_connections_go_through_the_c_loop_and_the_others_do_
     assert port
     stats = [h.ws_connection.protocol.messages_sent for h in peers.handlers]
     assert stats == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("python_path", [False, True], ids=["c-loop", "python-path"])
+async def test_broadcast_counts_every_byte_of_every_frame_it_sends(harness, peers, monkeypatch, python_path):
+    # bytes_sent is derived from the message counters (see Protocol.bytes_sent): a broadcast must
+    # keep it equal to the bytes that left, for short headers (2 bytes) and longer ones (4 and 10).
+    from tornado_websocket import connection as connection_module
+
+    if python_path:
+        monkeypatch.setattr(connection_module, "_send_frame_to_all", None)
+    serve(harness, peers)
+    clients = [await harness.raw_ws() for _ in range(2)]
+    await peers.wait_open(2)
+    before = [(h.ws_connection.protocol.messages_sent, h.ws_connection.protocol.bytes_sent) for h in peers.handlers]
+    wire = frame(OP_BINARY, b"s" * 10) + frame(OP_BINARY, b"m" * 300) + frame(OP_BINARY, b"l" * 70_000)
+    for payload in (b"s" * 10, b"m" * 300, b"l" * 70_000):
+        assert broadcast(peers.handlers, payload, binary=True) == 2
+    for client in clients:
+        assert await read_exactly(client, len(wire)) == wire
+    after = [(h.ws_connection.protocol.messages_sent, h.ws_connection.protocol.bytes_sent) for h in peers.handlers]
+    assert [(m1 - m0, b1 - b0) for (m0, b0), (m1, b1) in zip(before, after)] == [(3, len(wire))] * 2

@@ -667,9 +667,7 @@ class WebSocketConnection:
             self.write_message(message.payload, message.binary)
             return
         frame = message.frame
-        protocol.messages_sent += 1
-        protocol.message_bytes_sent += len(message.payload)
-        protocol.bytes_sent += len(frame)
+        protocol.count_sent_message(len(message.payload), len(frame))
         batch = self._batch
         if batch is not None:
             batch.append(frame)
@@ -747,6 +745,8 @@ def send_prepared_to_all(connections: Iterable[Any], message: PreparedMessage) -
     frame = message.frame
     frame_len = len(frame)
     payload_len = len(message.payload)
+    # The server's frame header beyond the 2 bytes that bytes_sent counts per message (see Protocol.bytes_sent).
+    header_extra = frame_len - payload_len - 2
     direct: list[WebSocketConnection] = []
     fds: list[int] = []
     add_direct = direct.append
@@ -769,9 +769,10 @@ def send_prepared_to_all(connections: Iterable[Any], message: PreparedMessage) -
             and protocol.deflate is None
             and protocol.side is _SERVER
         ):
-            protocol.messages_sent += 1
+            protocol.messages_sent += 1  # what count_sent_message does, inline: this loop runs per connection
             protocol.message_bytes_sent += payload_len
-            protocol.bytes_sent += frame_len
+            if header_extra:
+                protocol._sent_extra += header_extra
             add_direct(connection)
             add_fd(transport._fd)
         else:

@@ -654,6 +654,12 @@ class Protocol:
     def bytes_sent(self, value: int) -> None:
         self._sent_extra += value - self.bytes_sent
 
+    def count_sent_message(self, payload_size: int, frame_size: int) -> None:
+        """Count one data frame encoded elsewhere (once for many): ``payload_size`` bytes in ``frame_size``."""
+        self.messages_sent += 1
+        self.message_bytes_sent += payload_size
+        self._sent_extra += frame_size - payload_size - self._base_header
+
     def encode_ping(self, payload: bytes = b"") -> bytes:
         """Encode a Ping; raises ``ValueError`` over 125 bytes, :class:`WebSocketClosedError` after close."""
         return self._encode_control(OP_PING, payload)
