@@ -15,6 +15,7 @@ import zlib
 from typing import Optional
 
 import pytest
+from conftest import build_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado.httputil import HTTPHeaders
@@ -1599,3 +1600,21 @@ def test_incompressible_message_at_the_limit_is_accepted(fragmented):
     assert [type(e) for e in events] == [Message] and events[0].data == data
     events = s.feed(frames_of(raw_deflate(data + b"x")))
     assert [(type(e), getattr(e, "code", None)) for e in events] == [(ProtocolViolation, 1009)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536])
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("kind", ["bytes", "str", "str with its utf8"])
+def test_encode_message_frames_every_header_size_exactly_and_counts_it(size, binary, kind):
+    # encode_message has an inline path for short server frames: it must agree, at the
+    # 125/126 boundary too, with an independent encoder, and count what it encoded.
+    payload = ("é" * (size // 2) + "a" * (size % 2)).encode()
+    assert len(payload) == size
+    data = payload if kind == "bytes" else payload.decode()
+    server = Protocol(Side.SERVER)
+    frame = server.encode_message(data, binary, payload if kind == "str with its utf8" else None)
+    opcode = frames.OP_BINARY if binary else frames.OP_TEXT
+    assert frame == build_frame(opcode, payload, mask=False)
+    assert (server.messages_sent, server.message_bytes_sent, server.bytes_sent) == (1, size, len(frame))
+    (event,) = Protocol(Side.CLIENT).feed(frame)
+    assert isinstance(event, Message) and event.data == (payload if binary else payload.decode())

@@ -314,7 +314,12 @@ class WebSocketConnection:
 
     def data_received(self, data: Buffer) -> None:
         """Feed what arrived (a view valid only during the call) and dispatch its events."""
-        self._handle(self.protocol.feed(data))
+        events = self.protocol.feed(data)
+        self._failed = False  # as in _handle, inline: this is the hot path
+        if not events or self._dispatch(events, 0):
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def connection_lost(self) -> None:
         """The transport's TCP connection is gone."""
@@ -346,15 +351,18 @@ class WebSocketConnection:
                 if type(event) is Message:
                     if self._failed:
                         continue  # user code failed and we closed with 1011: do not feed it more
-                    received.text = event.data
-                    received.utf8 = event.utf8
+                    utf8 = event.utf8  # None for binary messages: nothing to remember for them
+                    if utf8 is not None:
+                        received.text = event.data
+                        received.utf8 = utf8
                     try:
                         result = owner._on_ws_message(event.data)
                     except (Exception, asyncio.CancelledError):
                         self._user_error("on_message")
                         continue
                     finally:
-                        received.text = received.utf8 = None
+                        if utf8 is not None:
+                            received.text = received.utf8 = None
                     if result is not None and inspect.isawaitable(result):
                         self._pause(result, events, index + 1)
                         return False
@@ -375,6 +383,8 @@ class WebSocketConnection:
                         self._wait_for_consumer(pending, events, index)
                         return False
                     self._close_event(event)
+                if index + 1 == len(events):
+                    return True  # the last one: the batch leaves in the finally clause
                 batch = self._batch  # None once a close flushed it: later frames go straight out
                 if batch is not None and batch.is_due():
                     # Slow handlers (compression, heavy user code): what is ready leaves now,

@@ -604,6 +604,18 @@ class Protocol:
         :meth:`encode_message_parts`). Raises :class:`WebSocketClosedError`
         once a close was sent.
         """
+        if self.deflate is None and not self._masked and self.close_sent is None:
+            # The common case inline: a server frame, uncompressed, with a 2-byte header.
+            if type(data) is str:
+                payload: Optional[bytes] = data.encode("utf-8") if utf8 is None else utf8
+            elif type(data) is bytes:
+                payload = data
+            else:
+                payload = None
+            if payload is not None and len(payload) < 126:
+                self.messages_sent += 1
+                self.message_bytes_sent += len(payload)
+                return bytes((0x82 if binary else 0x81, len(payload))) + payload
         header, payload = self.encode_message_parts(data, binary, utf8, compress)
         return header + payload
 

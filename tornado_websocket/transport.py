@@ -92,6 +92,7 @@ class SocketTransport:
         "sink",
         "socket",
         "_fd",
+        "_receive",
         "_selector",
         "_aloop",
         "_reading",
@@ -118,6 +119,7 @@ class SocketTransport:
         self.sink = sink
         self.socket = sock
         self._fd = sock.fileno()
+        self._receive = _THREAD.receive  # this thread's receive buffer (the transport lives on its loop's thread)
         self._selector = selector  # the loop whose add_reader/add_writer serve this fd
         self._aloop = aloop
         self._reading = True  # registered for readability
@@ -172,7 +174,7 @@ class SocketTransport:
 
     def _read_ahead(self) -> None:
         """Readable while paused: keep the bytes (bounded) and notice the end of the connection."""
-        buf = _THREAD.receive
+        buf = self._receive
         room = PAUSED_READ_AHEAD - (0 if self._backlog is None else len(self._backlog))
         n = self._recv(buf, max(room, 1))
         if n < 0:
@@ -199,7 +201,7 @@ class SocketTransport:
             return
         sink = self.sink
         space = sink.frame_space()
-        buf = _THREAD.receive if space is None else space
+        buf = self._receive if space is None else space
         n = self._recv_into(buf)
         if n <= 0:
             return
@@ -466,7 +468,7 @@ class TLSTransport(SocketTransport):
             return
         sink = self.sink
         space = sink.frame_space()
-        buf = _THREAD.receive if space is None else space
+        buf = self._receive if space is None else space
         size = len(buf)
         got = 0
         ended = False
