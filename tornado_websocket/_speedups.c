@@ -13,6 +13,10 @@
  * sockets that did not take the whole frame (sent = bytes taken, or -errno);
  * the caller queues the rest through each connection's normal path.
  *
+ * parse_messages(buf, pos, masked, limit, message_cls, events): the
+ * protocol's fast path for whole, final, uncompressed text and binary frames
+ * under 64 KiB (see below); anything else is left to the Python parser.
+ *
  * ssl_read_ahead(sslsocket) -> bool: turn on OpenSSL read-ahead for an
  * ssl.SSLSocket (one recv reads many TLS records instead of a header and a
  * body per record). False where it cannot be done safely (another OpenSSL
@@ -26,6 +30,27 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+
+/* dst[i] = src[i] ^ key[i % 4] for i < n (dst and src may be the same). */
+static void
+xor_with_key(unsigned char *dst, const unsigned char *src, Py_ssize_t n, const unsigned char *k)
+{
+    Py_ssize_t i = 0;
+    uint32_t k32;
+    uint64_t k64;
+
+    memcpy(&k32, k, 4);
+    k64 = ((uint64_t)k32 << 32) | k32; /* byte order does not matter: the key repeats every 4 bytes */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, src + i, 8);
+        v ^= k64;
+        memcpy(dst + i, &v, 8);
+    }
+    for (; i < n; i++) {
+        dst[i] = src[i] ^ k[i & 3];
+    }
+}
 
 static PyObject *
 speedups_mask(PyObject *self, PyObject *args)
@@ -44,27 +69,8 @@ speedups_mask(PyObject *self, PyObject *args)
     if (out == NULL) {
         goto done;
     }
-    {
-        const unsigned char *src = (const unsigned char *)data.buf;
-        const unsigned char *k = (const unsigned char *)key.buf;
-        unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
-        Py_ssize_t n = data.len;
-        Py_ssize_t i = 0;
-        uint32_t k32;
-        uint64_t k64;
-
-        memcpy(&k32, k, 4);
-        k64 = ((uint64_t)k32 << 32) | k32; /* byte order does not matter: the key repeats every 4 bytes */
-        for (; i + 8 <= n; i += 8) {
-            uint64_t v;
-            memcpy(&v, src + i, 8);
-            v ^= k64;
-            memcpy(dst + i, &v, 8);
-        }
-        for (; i < n; i++) {
-            dst[i] = src[i] ^ k[i & 3];
-        }
-    }
+    xor_with_key((unsigned char *)PyBytes_AS_STRING(out), (const unsigned char *)data.buf, data.len,
+                 (const unsigned char *)key.buf);
 done:
     PyBuffer_Release(&key);
     PyBuffer_Release(&data);
@@ -209,11 +215,127 @@ speedups_ssl_read_ahead(PyObject *self, PyObject *sock)
     return PyBool_FromLong(ok);
 }
 
+
+/* parse_messages(buf, pos, masked, limit, message_cls, events) -> (pos, count, payload_bytes)
+ *
+ * The protocol's fast path for whole messages: from pos on, take every
+ * complete frame that is final, text or binary, with the RSV bits clear,
+ * the mask bit equal to `masked`, and a payload of at most `limit` bytes
+ * (-1: no limit) and under 64 KiB; append message_cls(payload) (binary) or
+ * message_cls(text, payload) (text, strictly valid UTF-8) to events.
+ * Stops at the first frame that is anything else, is incomplete, or is not
+ * valid UTF-8, and leaves it to the caller's general parser, which then
+ * accepts it or raises exactly as it would have. Returns where it stopped,
+ * how many messages it took and their payload bytes.
+ */
+static PyObject *
+speedups_parse_messages(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t pos, limit;
+    int masked;
+    PyObject *message_cls, *events;
+    Py_ssize_t count = 0, payload_bytes = 0;
+    int failed = 0;
+
+    if (!PyArg_ParseTuple(args, "y*npnOO!:parse_messages", &buf, &pos, &masked, &limit, &message_cls, &PyList_Type,
+                          &events)) {
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)buf.buf;
+    Py_ssize_t end = buf.len;
+    if (pos < 0 || pos > end) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "pos is outside the buffer");
+        return NULL;
+    }
+    while (end - pos >= 2) {
+        unsigned char b0 = data[pos], b1 = data[pos + 1];
+        unsigned char opcode = b0 & 0x0F;
+        Py_ssize_t length = b1 & 0x7F, start = pos + 2;
+        if ((b0 & 0xF0) != 0x80 || (opcode != 0x1 && opcode != 0x2) || ((b1 & 0x80) != 0) != (masked != 0)) {
+            break; /* not final, RSV bits, another opcode, or the wrong mask bit: the general parser decides */
+        }
+        if (length == 127) {
+            break; /* 64 KiB or more */
+        }
+        if (length == 126) {
+            if (end - pos < 4) {
+                break;
+            }
+            length = ((Py_ssize_t)data[pos + 2] << 8) | data[pos + 3];
+            start = pos + 4;
+        }
+        if (limit >= 0 && length > limit) {
+            break;
+        }
+        const unsigned char *key = NULL;
+        if (masked) {
+            if (end - start < 4) {
+                break;
+            }
+            key = data + start;
+            start += 4;
+        }
+        if (end - start < length) {
+            break; /* incomplete */
+        }
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        if (payload == NULL) {
+            failed = 1;
+            break;
+        }
+        if (key != NULL) {
+            xor_with_key((unsigned char *)PyBytes_AS_STRING(payload), data + start, length, key);
+        } else if (length) {
+            memcpy(PyBytes_AS_STRING(payload), data + start, (size_t)length);
+        }
+        PyObject *message;
+        if (opcode == 0x1) {
+            PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), length, NULL);
+            if (text == NULL) {
+                Py_DECREF(payload);
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    failed = 1;
+                    break;
+                }
+                PyErr_Clear(); /* the general parser raises the protocol error for it */
+                break;
+            }
+            message = PyObject_CallFunctionObjArgs(message_cls, text, payload, NULL);
+            Py_DECREF(text);
+        } else {
+            message = PyObject_CallOneArg(message_cls, payload);
+        }
+        Py_DECREF(payload);
+        if (message == NULL) {
+            failed = 1;
+            break;
+        }
+        int appended = PyList_Append(events, message);
+        Py_DECREF(message);
+        if (appended < 0) {
+            failed = 1;
+            break;
+        }
+        pos = start + length;
+        count += 1;
+        payload_bytes += length;
+    }
+    PyBuffer_Release(&buf);
+    if (failed) {
+        return NULL;
+    }
+    return Py_BuildValue("nnn", pos, count, payload_bytes);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"mask", speedups_mask, METH_VARARGS,
      "mask(key, data) -> bytes: XOR data (any contiguous buffer) with the 4-byte key repeated."},
     {"send_frame_to_all", speedups_send_frame_to_all, METH_VARARGS,
      "send_frame_to_all(fds, frame) -> [(index, sent)]: send frame to every fd; those that did not take it all."},
+    {"parse_messages", speedups_parse_messages, METH_VARARGS,
+     "parse_messages(buf, pos, masked, limit, message_cls, events) -> (pos, count, payload_bytes): whole messages."},
     {"ssl_read_ahead", speedups_ssl_read_ahead, METH_O,
      "ssl_read_ahead(sslsocket) -> bool: turn on OpenSSL read-ahead for the socket, if it can be done."},
     {NULL, NULL, 0, NULL},

@@ -24,6 +24,7 @@ from tornado_websocket.deflate import DeflateError, PerMessageDeflate
 from tornado_websocket.errors import ProtocolError, WebSocketClosedError
 from tornado_websocket.frames import (
     MAX_CONTROL_PAYLOAD,
+    NO_SPEEDUPS,
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
@@ -43,6 +44,16 @@ DEFAULT_MAX_MESSAGE_SIZE = 10 * 1024 * 1024
 DIRECT_FRAME_MIN = 64 * 1024
 
 _new_utf8_decoder: Callable[[], codecs.IncrementalDecoder] = codecs.getincrementaldecoder("utf-8")
+
+# The C fast path for whole messages (see _speedups.c); None without the extension or with
+# TORNADO_WEBSOCKET_NO_SPEEDUPS=1, and then the Python loop below does all of it.
+_parse_messages: Optional[Callable[..., tuple[int, int, int]]]
+try:
+    if NO_SPEEDUPS:
+        raise ImportError("TORNADO_WEBSOCKET_NO_SPEEDUPS is set")
+    from tornado_websocket._speedups import parse_messages as _parse_messages
+except ImportError:
+    _parse_messages = None
 
 
 class Side(enum.Enum):
@@ -322,8 +333,18 @@ class Protocol:
         pos = 0
         end = len(buf)
         whole = whole_bytes = 0  # fast-path messages, counted once at the end
+        fast = _parse_messages
+        limit = -1 if self.max_message_size is None else self.max_message_size
         try:
             while pos < end:
+                if fast is not None and not self._frame_remaining and self._msg_opcode is None:
+                    # Whole, final, uncompressed messages in C; it stops at anything else
+                    # (which the Python code below then accepts or refuses as always).
+                    pos, taken, taken_bytes = fast(buf, pos, not self._masked, limit, Message, events)
+                    if taken:
+                        whole += taken
+                        whole_bytes += taken_bytes
+                        continue
                 if self._frame_remaining:
                     # Inside the payload of a data frame: take what is there.
                     take = min(end - pos, self._frame_remaining)
