@@ -563,7 +563,10 @@ class WebSocketConnection:
         batch = self._batch
         if batch is not None:
             batch.append(frame)
-            return batch.future_for(self._aloop)
+            future = batch.future  # batch.future_for(), inline: one write per message takes this path
+            if future is None:
+                future = batch.future = self._aloop.create_future()
+            return future
         return self._send(frame)
 
     write_frame = _write
@@ -585,7 +588,7 @@ class WebSocketConnection:
         batch = self._batch
         assert batch
         self._batch = None
-        pending = self.transport.write(batch.parts())
+        pending = self.transport.write(batch if len(batch) == 1 else batch.parts())  # the batch is done with
         if pending is not None:
             self._write_buffer_overflows()
         future = batch.future

@@ -289,13 +289,23 @@ class Protocol:
             return events
         self.bytes_received += len(data)
         buf: Union[bytes, bytearray, memoryview]
+        pos = 0
         if self._buf:
             self._buf += data
             buf = self._buf
         else:
             buf = data
+            fast = _parse_messages
+            if fast is not None and not self._frame_remaining and self._msg_opcode is None:
+                # Whole messages first, in C; the parse loop below takes the rest, if any.
+                limit = -1 if self.max_message_size is None else self.max_message_size
+                pos, taken, taken_bytes = fast(data, 0, not self._masked, limit, Message, events)
+                self.messages_received += taken
+                self.message_bytes_received += taken_bytes
+                if pos == len(data):
+                    return events  # the usual read: nothing else in it
         try:
-            pos = self._parse(buf, events)
+            pos = self._parse(buf, events, pos)
         except ProtocolError as exc:
             self._stop_receiving()
             self.state = State.CLOSING
@@ -328,9 +338,8 @@ class Protocol:
         self._msg_parts = []
         self._decoder = None
 
-    def _parse(self, buf: Union[bytes, bytearray, memoryview], events: list[Event]) -> int:
-        """Consume frames from ``buf``; return how many bytes were used."""
-        pos = 0
+    def _parse(self, buf: Union[bytes, bytearray, memoryview], events: list[Event], pos: int = 0) -> int:
+        """Consume frames from ``buf`` from ``pos`` on; return where the consumed bytes end."""
         end = len(buf)
         whole = whole_bytes = 0  # fast-path messages, counted once at the end
         fast = _parse_messages
