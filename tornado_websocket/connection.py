@@ -316,9 +316,8 @@ class WebSocketConnection:
         """Feed what arrived (a view valid only during the call) and dispatch its events."""
         events = self.protocol.feed(data)
         self._failed = False  # as in _handle, inline: this is the hot path
-        if not events or self._dispatch(events, 0):
-            self.transport.resume_reading()
-        else:
+        # A transport is not paused while it delivers, so unless the dispatch stops, it reads on by itself.
+        if events and not self._dispatch(events, 0):
             self.transport.pause_reading()
 
     def connection_lost(self) -> None:

@@ -202,25 +202,18 @@ class SocketTransport:
         sink = self.sink
         space = sink.frame_space()
         buf = self._receive if space is None else space
-        n = self._recv_into(buf)
-        if n <= 0:
-            return
-        if space is None:
-            sink.data_received(buf[:n])
-        else:
-            sink.frame_filled(n)
-
-    def _recv_into(self, buf: memoryview, size: int = 0) -> int:
-        """``recv_into``: the count, -1 when nothing is there after all, 0 once TCP ended (then aborted)."""
         try:  # the body of _recv, inlined: this is the hot path
-            n = self.socket.recv_into(buf, size)
+            n = self.socket.recv_into(buf)
         except (BlockingIOError, InterruptedError):
-            return -1
+            return  # nothing there after all
         except OSError:
             n = 0  # reset: the same as the peer closing, for us
         if not n:
             self.abort()
-        return n
+        elif space is None:
+            sink.data_received(buf[:n])
+        else:
+            sink.frame_filled(n)
 
     def _recv(self, buf: memoryview, size: int = 0) -> int:
         """One ``recv_into`` (``size`` 0: all of ``buf``): the count, -1 when nothing is there, 0 at the end."""
