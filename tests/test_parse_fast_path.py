@@ -13,6 +13,7 @@ import struct
 from typing import Any, Optional
 
 import pytest
+from conftest import build_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,22 +25,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def frame(
-    b0: int, payload: bytes, masked: bool, key: bytes = b"\x11\x22\x33\x44", length: Optional[int] = None
-) -> bytes:
-    """A frame with the given first byte, written here (not by the package)."""
-    n = len(payload) if length is None else length
-    mbit = 0x80 if masked else 0
-    if n < 126:
-        header = bytes((b0, mbit | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        header = struct.pack("!BBQ", b0, mbit | 127, n)
-    if masked:
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        header += key
-    return header + payload
+def frame(b0: int, payload: bytes, masked: bool, key: bytes = b"\x11\x22\x33\x44") -> bytes:
+    """A frame with the given first byte, built by the test harness (not by the package)."""
+    return build_frame(b0 & 0x0F, payload, fin=bool(b0 & 0x80), rsv=(b0 >> 4) & 7, mask=masked, key=key)
 
 
 def describe(events: list[Any]) -> list[tuple[Any, ...]]:
