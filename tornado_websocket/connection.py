@@ -562,10 +562,7 @@ class WebSocketConnection:
         batch = self._batch
         if batch is not None:
             batch.append(frame)
-            future = batch.future  # batch.future_for(), inline: one write per message takes this path
-            if future is None:
-                future = batch.future = self._aloop.create_future()
-            return future
+            return batch.future_for(self._aloop)
         return self._send(frame)
 
     write_frame = _write
